@@ -1,0 +1,1 @@
+"""Datasets: tfds builders over local files, prompts and the synthetic task."""

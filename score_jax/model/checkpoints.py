@@ -1,0 +1,266 @@
+"""Hugging Face transformers checkpoints (config.json + *.safetensors) <-> our params.
+
+Reads Gemma (`gemma`), Gemma 2 (`gemma2`) and Gemma 3 text (`gemma3_text`, or the
+text tower of a multimodal `gemma3` checkpoint) directories, in both the
+transformers 4.x config format (`rope_theta`, `rope_local_base_freq`,
+`sliding_window_pattern`) and the 5.x one (`rope_parameters`, `layer_types`).
+
+HF stores projections as torch Linear weights [out, in]; ours are einsum
+kernels with explicit head axes (see transformer.py), so the mapping is a
+reshape + transpose per tensor, done in numpy on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import safetensors.numpy
+from safetensors import safe_open
+
+from score_jax.model.config import ModelConfig
+
+_FAMILY_BY_MODEL_TYPE = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3",
+                         "gemma3": "gemma3"}
+_ARCH_BY_FAMILY = {"gemma": ("GemmaForCausalLM", "gemma"),
+                   "gemma2": ("Gemma2ForCausalLM", "gemma2"),
+                   "gemma3": ("Gemma3ForCausalLM", "gemma3_text")}
+_HF_LAYER_TYPE = {"sliding_attention": "local", "full_attention": "global"}
+# Prefixes of the decoder weights in CausalLM and multimodal (4.x / 5.x) checkpoints.
+_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
+
+
+def _rope(hf: Mapping[str, Any], layer_type: str) -> tuple[float, float]:
+  """(base, linear scale factor) for an HF layer type, from either config format."""
+  params = hf.get("rope_parameters")
+  if params and layer_type in params:  # 5.x, per layer type (Gemma 3).
+    params = params[layer_type]
+  if params and "rope_theta" in params:
+    rope_type, factor = params.get("rope_type", "default"), params.get("factor", 1.0)
+    base = params["rope_theta"]
+  else:  # 4.x.
+    base = hf.get("rope_theta", 10_000.0)
+    if layer_type == "sliding_attention" and "rope_local_base_freq" in hf:
+      base = hf["rope_local_base_freq"]
+    scaling = hf.get("rope_scaling") if layer_type == "full_attention" else None
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    factor = (scaling or {}).get("factor", 1.0)
+  if rope_type not in ("default", "linear"):
+    raise ValueError(f"unsupported RoPE type {rope_type!r}; only 'default' and 'linear' "
+                     "(Gemma 3) are implemented.")
+  return float(base), float(factor if rope_type == "linear" else 1.0)
+
+
+def _layer_types(hf: Mapping[str, Any], family: str, n: int) -> tuple[str, ...]:
+  if "layer_types" in hf and hf["layer_types"]:
+    unknown = set(hf["layer_types"]) - set(_HF_LAYER_TYPE)
+    if unknown:
+      raise ValueError(f"config.json has unsupported layer_types {sorted(unknown)}.")
+    return tuple(_HF_LAYER_TYPE[t] for t in hf["layer_types"])
+  if family == "gemma2":  # 4.x: even layers slide.
+    return tuple("local" if i % 2 == 0 else "global" for i in range(n))
+  if family == "gemma3":
+    pattern = hf.get("sliding_window_pattern", 6)
+    return tuple("local" if (i + 1) % pattern else "global" for i in range(n))
+  return ("global",) * n
+
+
+def config_from_hf(hf: Mapping[str, Any], dtype: str = "float32") -> ModelConfig:
+  """Our ModelConfig from a transformers config.json dict."""
+  model_type = hf.get("model_type")
+  if model_type == "gemma3" and "text_config" in hf:
+    hf = {**hf["text_config"], "model_type": "gemma3_text"}
+    model_type = "gemma3_text"
+  if model_type not in _FAMILY_BY_MODEL_TYPE:
+    raise ValueError(f"config.json has model_type {model_type!r}; score_jax loads Gemma text "
+                     f"models only ({', '.join(sorted(_FAMILY_BY_MODEL_TYPE))}).")
+  if hf.get("use_bidirectional_attention"):
+    raise ValueError("config.json sets use_bidirectional_attention (an embedding model such as "
+                     "EmbeddingGemma); score_jax needs a causal decoder.")
+  family = _FAMILY_BY_MODEL_TYPE[model_type]
+  act = hf.get("hidden_activation") or hf.get("hidden_act")
+  if act not in ("gelu_pytorch_tanh", "gelu"):
+    raise ValueError(f"unsupported hidden activation {act!r}; Gemma uses gelu_pytorch_tanh.")
+  n = hf["num_hidden_layers"]
+  layer_types = _layer_types(hf, family, n)
+  base_global, scale_global = _rope(hf, "full_attention")
+  base_local, _ = _rope(hf, "sliding_attention")
+  is_gemma1 = family == "gemma"
+  return ModelConfig(
+      family=family, vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], num_layers=n,
+      num_heads=hf["num_attention_heads"], num_kv_heads=hf["num_key_value_heads"],
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+      ffw_hidden=hf["intermediate_size"], layer_types=layer_types,
+      sliding_window=hf.get("sliding_window") if "local" in layer_types else None,
+      query_pre_attn_scalar=None if is_gemma1 else hf.get("query_pre_attn_scalar"),
+      attn_logit_softcap=hf.get("attn_logit_softcapping"),
+      final_logit_softcap=hf.get("final_logit_softcapping"),
+      use_post_attn_norm=not is_gemma1, use_post_ffw_norm=not is_gemma1,
+      use_qk_norm=family == "gemma3", rope_base_global=base_global, rope_base_local=base_local,
+      rope_scale_global=scale_global, norm_eps=hf.get("rms_norm_eps", 1e-6), dtype=dtype)
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+  """A transformers 5.x config.json dict for `config`."""
+  arch, model_type = _ARCH_BY_FAMILY[config.family]
+  hf: dict[str, Any] = {
+      "architectures": [arch], "model_type": model_type, "vocab_size": config.vocab_size,
+      "hidden_size": config.d_model, "intermediate_size": config.ffw_hidden,
+      "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+      "num_key_value_heads": config.num_kv_heads, "head_dim": config.head_dim,
+      "rms_norm_eps": config.norm_eps, "hidden_activation": "gelu_pytorch_tanh",
+      "tie_word_embeddings": True, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
+      "dtype": config.dtype,
+  }
+  if config.family == "gemma":
+    hf["rope_parameters"] = {"rope_type": "default", "rope_theta": config.rope_base_global}
+    return hf
+  global_rope = {"rope_type": "default", "rope_theta": config.rope_base_global}
+  if config.rope_scale_global != 1.0:
+    global_rope = {**global_rope, "rope_type": "linear", "factor": config.rope_scale_global}
+  hf.update({
+      "layer_types": ["sliding_attention" if t == "local" else "full_attention"
+                      for t in config.layer_types],
+      "sliding_window": config.sliding_window or 4096,
+      "query_pre_attn_scalar": config.query_pre_attn_scalar or config.head_dim,
+      "attn_logit_softcapping": config.attn_logit_softcap,
+      "final_logit_softcapping": config.final_logit_softcap,
+  })
+  if config.family == "gemma2":
+    hf["rope_parameters"] = global_rope
+  else:
+    hf["rope_parameters"] = {
+        "full_attention": global_rope,
+        "sliding_attention": {"rope_type": "default", "rope_theta": config.rope_base_local}}
+  return hf
+
+
+def _hf_names(config: ModelConfig, i: int) -> dict[str, str]:
+  p = f"layers.{i}."
+  names = {"q": p + "self_attn.q_proj.weight", "k": p + "self_attn.k_proj.weight",
+           "v": p + "self_attn.v_proj.weight", "o": p + "self_attn.o_proj.weight",
+           "gate": p + "mlp.gate_proj.weight", "up": p + "mlp.up_proj.weight",
+           "down": p + "mlp.down_proj.weight", "pre_attention_norm": p + "input_layernorm.weight"}
+  if config.family == "gemma":  # Gemma 1 calls its pre-MLP norm "post_attention_layernorm".
+    names["pre_ffw_norm"] = p + "post_attention_layernorm.weight"
+  else:
+    names.update({"post_attention_norm": p + "post_attention_layernorm.weight",
+                  "pre_ffw_norm": p + "pre_feedforward_layernorm.weight",
+                  "post_ffw_norm": p + "post_feedforward_layernorm.weight"})
+  if config.use_qk_norm:
+    names.update({"query_norm": p + "self_attn.q_norm.weight",
+                  "key_norm": p + "self_attn.k_norm.weight"})
+  return names
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+  if not files:
+    raise FileNotFoundError(f"no *.safetensors file in {path}; a transformers checkpoint "
+                            "directory holds config.json and model*.safetensors.")
+  tensors = {}
+  for name in files:
+    # The flax framework reads bfloat16, which numpy's safetensors reader rejects.
+    with safe_open(os.path.join(path, name), framework="flax") as f:
+      for key in f.keys():
+        tensors[key] = np.asarray(f.get_tensor(key))
+  return tensors
+
+
+def _strip_prefix(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  for prefix in _PREFIXES:
+    if f"{prefix}embed_tokens.weight" in tensors:
+      return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+  raise ValueError("checkpoint has no embed_tokens.weight under any of the prefixes "
+                   f"{_PREFIXES}; is it a Gemma decoder? First keys: {sorted(tensors)[:5]}")
+
+
+def params_from_hf_tensors(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> dict:
+  """Our params (numpy, config.dtype) from HF tensor names -> arrays (prefix stripped)."""
+  d, n, k, h = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
+  dt = jax.numpy.dtype(config.dtype)
+
+  def get(name, shape):
+    if name not in tensors:
+      raise ValueError(f"checkpoint is missing tensor {name!r} (expected shape {shape}).")
+    x = tensors[name]
+    if tuple(x.shape) != tuple(shape):
+      raise ValueError(f"tensor {name!r} has shape {tuple(x.shape)}, expected {tuple(shape)} "
+                       "for this config.json.")
+    return np.asarray(x, np.float32)
+
+  per_layer = []
+  for i in range(config.num_layers):
+    nm = _hf_names(config, i)
+    q = get(nm["q"], (n * h, d)).reshape(n, h, d).transpose(0, 2, 1)
+    kk = get(nm["k"], (k * h, d)).reshape(k, h, d).transpose(0, 2, 1)
+    v = get(nm["v"], (k * h, d)).reshape(k, h, d).transpose(0, 2, 1)
+    layer = {
+        "attn": {"q_einsum": {"w": q}, "kv_einsum": {"w": np.stack([kk, v])},
+                 "attn_vec_einsum": {"w": get(nm["o"], (d, n * h)).T.reshape(n, h, d)}},
+        "mlp": {"gating_einsum": {"w": np.stack([get(nm["gate"], (config.ffw_hidden, d)).T,
+                                                 get(nm["up"], (config.ffw_hidden, d)).T])},
+                "linear": {"w": get(nm["down"], (d, config.ffw_hidden)).T}},
+    }
+    for norm in ("pre_attention_norm", "pre_ffw_norm", "post_attention_norm", "post_ffw_norm"):
+      if norm in nm:
+        layer[norm] = {"scale": get(nm[norm], (d,))}
+    if config.use_qk_norm:
+      layer["attn"]["query_norm"] = {"scale": get(nm["query_norm"], (h,))}
+      layer["attn"]["key_norm"] = {"scale": get(nm["key_norm"], (h,))}
+    per_layer.append(layer)
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *per_layer)
+  params = {"embedder": {"input_embedding": get("embed_tokens.weight", (config.vocab_size, d))},
+            "layers": stacked, "final_norm": {"scale": get("norm.weight", (d,))}}
+  return jax.tree.map(lambda x: x.astype(dt), params)
+
+
+def load_hf(path: str, dtype: str = "float32") -> tuple[ModelConfig, dict]:
+  """Loads a local transformers Gemma / Gemma 2 / Gemma 3 text checkpoint directory."""
+  config_path = os.path.join(path, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"{config_path} not found; load_hf expects a transformers checkpoint "
+                            "directory with config.json and *.safetensors (save_pretrained output).")
+  with open(config_path) as f:
+    config = config_from_hf(json.load(f), dtype=dtype)
+  tensors = _strip_prefix(_read_safetensors(path))
+  return config, params_from_hf_tensors(config, tensors)
+
+
+def params_to_hf_tensors(config: ModelConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """HF tensor names (with the `model.` prefix) -> arrays; the inverse of params_from_hf_tensors."""
+  d, n, k, h = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
+  p = jax.tree.map(np.asarray, jax.device_get(params))
+  out = {"model.embed_tokens.weight": p["embedder"]["input_embedding"],
+         "model.norm.weight": p["final_norm"]["scale"]}
+  layers = p["layers"]
+  for i in range(config.num_layers):
+    nm = {key: "model." + name for key, name in _hf_names(config, i).items()}
+    attn = layers["attn"]
+    out[nm["q"]] = attn["q_einsum"]["w"][i].transpose(0, 2, 1).reshape(n * h, d)
+    out[nm["k"]] = attn["kv_einsum"]["w"][i, 0].transpose(0, 2, 1).reshape(k * h, d)
+    out[nm["v"]] = attn["kv_einsum"]["w"][i, 1].transpose(0, 2, 1).reshape(k * h, d)
+    out[nm["o"]] = attn["attn_vec_einsum"]["w"][i].reshape(n * h, d).T
+    out[nm["gate"]] = layers["mlp"]["gating_einsum"]["w"][i, 0].T
+    out[nm["up"]] = layers["mlp"]["gating_einsum"]["w"][i, 1].T
+    out[nm["down"]] = layers["mlp"]["linear"]["w"][i].T
+    for norm in ("pre_attention_norm", "pre_ffw_norm", "post_attention_norm", "post_ffw_norm"):
+      if norm in nm:
+        out[nm[norm]] = layers[norm]["scale"][i]
+    if config.use_qk_norm:
+      out[nm["query_norm"]] = attn["query_norm"]["scale"][i]
+      out[nm["key_norm"]] = attn["key_norm"]["scale"][i]
+  return {name: np.ascontiguousarray(x) for name, x in out.items()}
+
+
+def save_hf(config: ModelConfig, params: Mapping[str, Any], path: str) -> None:
+  """Writes config.json + model.safetensors that transformers' from_pretrained loads."""
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(config_to_hf(config), f, indent=2)
+  safetensors.numpy.save_file(params_to_hf_tensors(config, params),
+                              os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

@@ -1,0 +1,245 @@
+"""The Gemma-style decoder as pure functions over an explicit params pytree.
+
+One forward implementation serves training (whole sequences), prefill and
+decoding (a fixed-size KV cache): the sampler and the trainer therefore compute
+identical log-probs, soft-caps included.
+
+Params layout (layers stacked on a leading `L` axis and scanned):
+
+  embedder/input_embedding          [V, D]   (tied with the output projection)
+  layers/pre_attention_norm/scale   [L, D]
+  layers/attn/q_einsum/w            [L, N, D, H]
+  layers/attn/kv_einsum/w           [L, 2, K, D, H]
+  layers/attn/attn_vec_einsum/w     [L, N, H, D]
+  layers/attn/query_norm/scale      [L, H]   (Gemma 3)
+  layers/attn/key_norm/scale        [L, H]   (Gemma 3)
+  layers/post_attention_norm/scale  [L, D]   (Gemma 2, 3)
+  layers/pre_ffw_norm/scale         [L, D]
+  layers/mlp/gating_einsum/w        [L, 2, D, F]  (gate, up)
+  layers/mlp/linear/w               [L, F, D]
+  layers/post_ffw_norm/scale        [L, D]   (Gemma 2, 3)
+  final_norm/scale                  [D]
+
+Axis letters: B batch, T query positions, S key positions, D model, N query
+heads, K kv heads, G query heads per kv head, H head dim, F MLP hidden, V vocab.
+
+KV cache (decoding): {"k": [L, B, S, K, H], "v": [L, B, S, K, H],
+"pos": [B, S] int32}; `pos` is the token position held in each slot, -1 for an
+empty or padding slot. Masks are built from positions, so left-padded prompts
+and sliding windows need no separate mask argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from score_jax import sharding
+from score_jax.model.config import ModelConfig
+
+Params = dict[str, Any]
+Cache = dict[str, jax.Array]
+
+_MASKED = -2.3819763e38  # finite "minus infinity": fully masked rows stay NaN-free.
+
+
+def _dtype(config: ModelConfig):
+  return jnp.dtype(config.dtype)
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> Params:
+  """Random params: fan-in scaled normal weights, zero norm scales (scale = 1 + w)."""
+  d, n, k, h, f, l, v = (config.d_model, config.num_heads, config.num_kv_heads, config.head_dim,
+                         config.ffw_hidden, config.num_layers, config.vocab_size)
+  dt = _dtype(config)
+  keys = iter(jax.random.split(rng, 8))
+
+  def normal(shape, fan_in):
+    return (jax.random.normal(next(keys), shape, jnp.float32) * fan_in ** -0.5).astype(dt)
+
+  zeros = lambda *shape: jnp.zeros(shape, dt)
+  attn = {
+      "q_einsum": {"w": normal((l, n, d, h), d)},
+      "kv_einsum": {"w": normal((l, 2, k, d, h), d)},
+      "attn_vec_einsum": {"w": normal((l, n, h, d), n * h)},
+  }
+  if config.use_qk_norm:
+    attn["query_norm"] = {"scale": zeros(l, h)}
+    attn["key_norm"] = {"scale": zeros(l, h)}
+  layers = {
+      "pre_attention_norm": {"scale": zeros(l, d)},
+      "attn": attn,
+      "pre_ffw_norm": {"scale": zeros(l, d)},
+      "mlp": {"gating_einsum": {"w": normal((l, 2, d, f), d)},
+              "linear": {"w": normal((l, f, d), f)}},
+  }
+  if config.use_post_attn_norm:
+    layers["post_attention_norm"] = {"scale": zeros(l, d)}
+  if config.use_post_ffw_norm:
+    layers["post_ffw_norm"] = {"scale": zeros(l, d)}
+  return {
+      "embedder": {"input_embedding": normal((v, d), d)},
+      "layers": layers,
+      "final_norm": {"scale": zeros(d)},
+  }
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """Gemma RMSNorm, computed in fp32 with weight (1 + scale)."""
+  x32 = x.astype(jnp.float32)
+  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def apply_rope(x_btnh: jax.Array, positions_bt: jax.Array, base: jax.Array,
+               scale: jax.Array) -> jax.Array:
+  """Rotary embedding on the two halves of the head dim (Gemma / HF convention)."""
+  h = x_btnh.shape[-1]
+  inv_freq = 1.0 / (base ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h)) / scale
+  angles_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+  sin = jnp.sin(angles_bth)[:, :, None, :].astype(x_btnh.dtype)
+  cos = jnp.cos(angles_bth)[:, :, None, :].astype(x_btnh.dtype)
+  x1, x2 = jnp.split(x_btnh, 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+  return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def attention_mask(q_pos_bt: jax.Array, k_pos_bs: jax.Array, window: jax.Array) -> jax.Array:
+  """[B, T, S] bool: causal, key slot filled, and within `window` on local layers (window>0)."""
+  q = q_pos_bt[:, :, None]
+  k = k_pos_bs[:, None, :]
+  allowed = (k >= 0) & (k <= q)
+  return allowed & ((window <= 0) | (q - k < window))
+
+
+def _attention(config: ModelConfig, p: Params, x_btd, q_pos_bt, layer_cache, k_pos_bs,
+               write_index, window, rope_base, rope_scale):
+  b, t, _ = x_btd.shape
+  k_heads, g = config.num_kv_heads, config.num_heads // config.num_kv_heads
+  q_btnh = jnp.einsum("BTD,NDH->BTNH", x_btd, p["q_einsum"]["w"])
+  k_btkh, v_btkh = jnp.einsum("BTD,CKDH->CBTKH", x_btd, p["kv_einsum"]["w"])
+  if config.use_qk_norm:
+    q_btnh = rms_norm(q_btnh, p["query_norm"]["scale"], config.norm_eps)
+    k_btkh = rms_norm(k_btkh, p["key_norm"]["scale"], config.norm_eps)
+  q_btnh = apply_rope(q_btnh, q_pos_bt, rope_base, rope_scale) * jnp.asarray(
+      config.query_scale, q_btnh.dtype)
+  k_btkh = apply_rope(k_btkh, q_pos_bt, rope_base, rope_scale)
+
+  if layer_cache is None:
+    k_bskh, v_bskh, new_cache = k_btkh, v_btkh, None
+  else:
+    k_bskh = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k_btkh.astype(
+        layer_cache["k"].dtype), write_index, axis=1)
+    v_bskh = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v_btkh.astype(
+        layer_cache["v"].dtype), write_index, axis=1)
+    new_cache = {"k": k_bskh, "v": v_bskh}
+
+  q_btkgh = q_btnh.reshape(b, t, k_heads, g, config.head_dim)
+  logits_bkgts = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh.astype(q_btkgh.dtype),
+                            preferred_element_type=jnp.float32)
+  logits_bkgts = softcap(logits_bkgts, config.attn_logit_softcap)
+  mask_bts = attention_mask(q_pos_bt, k_pos_bs, window)
+  logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASKED)
+  probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(x_btd.dtype)
+  out_btkgh = jnp.einsum("BKGTS,BSKH->BTKGH", probs_bkgts, v_bskh.astype(x_btd.dtype))
+  out_btnh = out_btkgh.reshape(b, t, config.num_heads, config.head_dim)
+  out_btnh = sharding.constrain(out_btnh, ("batch", None, "heads", None))
+  return jnp.einsum("BTNH,NHD->BTD", out_btnh, p["attn_vec_einsum"]["w"]), new_cache
+
+
+def _mlp(p: Params, x_btd: jax.Array) -> jax.Array:
+  gate_btf, up_btf = jnp.einsum("BTD,CDF->CBTF", x_btd, p["gating_einsum"]["w"])
+  hidden_btf = jax.nn.gelu(gate_btf, approximate=True) * up_btf
+  hidden_btf = sharding.constrain(hidden_btf, ("batch", None, "mlp"))
+  return jnp.einsum("BTF,FD->BTD", hidden_btf, p["linear"]["w"])
+
+
+def _layer_constants(config: ModelConfig) -> dict[str, jax.Array]:
+  """Per-layer window / RoPE values, scanned alongside the stacked params."""
+  local = jnp.array([t == "local" for t in config.layer_types])
+  return {
+      "window": jnp.where(local, config.sliding_window or 0, 0).astype(jnp.int32),
+      "rope_base": jnp.where(local, config.rope_base_local, config.rope_base_global),
+      "rope_scale": jnp.where(local, 1.0, config.rope_scale_global),
+  }
+
+
+def forward_hidden(config: ModelConfig, params: Params, tokens_bt: jax.Array,
+                   positions_bt: jax.Array, *, cache: Cache | None = None,
+                   write_index: jax.Array | int = 0) -> tuple[jax.Array, Cache | None]:
+  """Final-normed hidden states [B, T, D] (and the updated cache).
+
+  positions_bt: position of each token, -1 for padding (padding keys are never
+  attended to). With `cache`, the T new keys/values are written at slots
+  [write_index, write_index + T) and the queries attend over the whole cache.
+  """
+  dt = _dtype(config)
+  # Gather from a table replicated over the batch axes (an FSDP all-gather);
+  # gathering from the 2-D sharded table makes XLA rematerialise it anyway.
+  table_vd = sharding.constrain(params["embedder"]["input_embedding"], ("vocab", None))
+  x_btd = table_vd[tokens_bt].astype(dt)
+  x_btd = x_btd * jnp.asarray(config.embed_scale, dt)
+  x_btd = sharding.constrain(x_btd, ("batch", None, None))
+  if cache is None:
+    k_pos_bs = positions_bt
+    cache_kv = None
+  else:
+    k_pos_bs = jax.lax.dynamic_update_slice_in_dim(cache["pos"], positions_bt.astype(
+        cache["pos"].dtype), write_index, axis=1)
+    cache_kv = {"k": cache["k"], "v": cache["v"]}
+
+  def layer(x_btd, scanned):
+    p, consts, layer_cache = scanned
+    h_btd = rms_norm(x_btd, p["pre_attention_norm"]["scale"], config.norm_eps)
+    h_btd, new_layer_cache = _attention(config, p["attn"], h_btd, positions_bt, layer_cache,
+                                        k_pos_bs, write_index, consts["window"],
+                                        consts["rope_base"], consts["rope_scale"])
+    if config.use_post_attn_norm:
+      h_btd = rms_norm(h_btd, p["post_attention_norm"]["scale"], config.norm_eps)
+    x_btd = x_btd + h_btd
+    h_btd = rms_norm(x_btd, p["pre_ffw_norm"]["scale"], config.norm_eps)
+    h_btd = _mlp(p["mlp"], h_btd)
+    if config.use_post_ffw_norm:
+      h_btd = rms_norm(h_btd, p["post_ffw_norm"]["scale"], config.norm_eps)
+    x_btd = sharding.constrain(x_btd + h_btd, ("batch", None, None))
+    return x_btd, new_layer_cache
+
+  if config.remat:
+    layer = jax.checkpoint(layer)
+  x_btd, new_kv = jax.lax.scan(layer, x_btd, (params["layers"], _layer_constants(config),
+                                              cache_kv))
+  h_btd = rms_norm(x_btd, params["final_norm"]["scale"], config.norm_eps)
+  new_cache = None if cache is None else {**new_kv, "pos": k_pos_bs}
+  return h_btd, new_cache
+
+
+def logits_from_hidden(config: ModelConfig, params: Params, h_btd: jax.Array) -> jax.Array:
+  """Tied output projection in fp32, then Gemma 2's final soft-cap: float32 [B, T, V]."""
+  logits_btv = jnp.einsum("BTD,VD->BTV", h_btd, params["embedder"]["input_embedding"],
+                          preferred_element_type=jnp.float32)
+  logits_btv = sharding.constrain(logits_btv, ("batch", None, "vocab"))
+  return softcap(logits_btv, config.final_logit_softcap)
+
+
+def logits(config: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
+  """Causal logits, float32 [B, T, V], for int32 tokens [B, T] with every position valid."""
+  tokens = jnp.asarray(tokens, jnp.int32)
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}.")
+  positions_bt = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+  h_btd, _ = forward_hidden(config, params, tokens, positions_bt)
+  return logits_from_hidden(config, params, h_btd)
+
+
+def init_cache(config: ModelConfig, batch_size: int, cache_size: int,
+               dtype: str | None = None) -> Cache:
+  """An empty KV cache with `cache_size` slots per sequence."""
+  dt = jnp.dtype(dtype or config.dtype)
+  shape = (config.num_layers, batch_size, cache_size, config.num_kv_heads, config.head_dim)
+  return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
+          "pos": jnp.full((batch_size, cache_size), -1, jnp.int32)}

@@ -1,0 +1,78 @@
+"""Supervised fine-tuning on (prompt ids, target ids) pairs.
+
+Used for the warm-start that gives the tiny demo model a non-trivial first
+attempt, and by the SFT baselines (STaR, Pair-SFT). The train state is one
+pytree {"params", "opt_state", "step"} placed on the mesh by the sharding
+rules; the step is jitted with the state's shardings in and out and the old
+state donated, so it updates in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from score_jax import losses, sharding
+from score_jax.model import ModelConfig, Params, logits
+
+TrainState = dict[str, Any]
+
+
+def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], seq_len: int,
+                  pad_id: int = 0) -> dict[str, np.ndarray]:
+  """Right-padded tokens [B, seq_len] and a loss mask selecting the target tokens."""
+  tokens = np.full((len(examples), seq_len), pad_id, np.int32)
+  mask = np.zeros((len(examples), seq_len), np.float32)
+  for i, (prompt, target) in enumerate(examples):
+    n = len(prompt) + len(target)
+    if n > seq_len:
+      raise ValueError(f"example {i} has {n} tokens (prompt {len(prompt)} + target "
+                       f"{len(target)}) but seq_len is {seq_len}; raise seq_len.")
+    tokens[i, :n] = list(prompt) + list(target)
+    mask[i, len(prompt):n] = 1.0
+  return {"tokens": tokens, "loss_mask": mask}
+
+
+def init_train_state(params: Params, optimizer: optax.GradientTransformation,
+                     mesh: jax.sharding.Mesh) -> TrainState:
+  """Shards params by the rules; the optimizer state inherits their shardings."""
+  params = sharding.shard_params(params, mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  with jax.set_mesh(mesh):  # scalars (step counts) land replicated on the mesh.
+    opt_state = jax.jit(optimizer.init)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+  return {"params": params, "opt_state": opt_state, "step": step}
+
+
+def make_sft_step(config: ModelConfig, optimizer: optax.GradientTransformation,
+                  state: TrainState, mesh: jax.sharding.Mesh):
+  """A jitted `step(state, batch) -> (state, metrics)` with explicit shardings."""
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  batch_shardings = {"tokens": sharding.batch_sharding(mesh, 2),
+                     "loss_mask": sharding.batch_sharding(mesh, 2)}
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def loss_fn(params, batch):
+    logits_btv = logits(config, params, batch["tokens"])
+    return losses.sft_loss(logits_btv, batch["tokens"], batch["loss_mask"])
+
+  def step(state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  jitted = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+  def run(state, batch):
+    with jax.set_mesh(mesh):
+      return jitted(state, batch)
+
+  return run

@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 from scipy import stats
 
 from score_jax import model, sampling, sharding
+from tests.utils import random_params
 
 # Left-padded together into one 32-token bucket; 25 is longer than the sliding
 # windows of tiny Gemma 2 (16) and tiny Gemma 3 (8), and generation runs past them.
@@ -16,29 +16,10 @@ PROMPT_LENGTHS = (25, 3, 11)
 MAX_NEW = 10
 
 
-def _random_params(config: model.ModelConfig, seed: int, final_norm_offset: float):
-  """Every weight random (norm scales too), embedding small next to the blocks.
-
-  With init_params the tied embedding dominates the residual stream and greedy
-  decoding just repeats the last token; these params give varied continuations
-  and peaked logits, so argmax ties (which would make the oracles moot) are far
-  apart. `final_norm_offset` sharpens the output distribution.
-  """
-  shapes = jax.eval_shape(lambda key: model.init_params(config, key), jax.random.key(0))
-  flat = traverse_util.flatten_dict(shapes, sep="/")
-  rng = np.random.default_rng(seed)
-  out = {}
-  for path, x in flat.items():
-    std = 0.05 if path == "embedder/input_embedding" else 0.5
-    out[path] = jnp.asarray(rng.normal(0.0, std, x.shape), jnp.float32)
-  out["final_norm/scale"] = out["final_norm/scale"] + final_norm_offset
-  return traverse_util.unflatten_dict(out, sep="/")
-
-
 @pytest.fixture(scope="module")
 def models():
   """Preset name -> (config, params), one per Gemma generation."""
-  return {name: (model.get_config(name), _random_params(model.get_config(name), 0, 1.0))
+  return {name: (model.get_config(name), random_params(model.get_config(name), 0, 1.0))
           for name in ("tiny-gemma", "tiny", "tiny-gemma3")}
 
 
@@ -95,7 +76,7 @@ def test_logprobs_equal_training_forward_with_softcaps(models):
   assert config.final_logit_softcap and config.attn_logit_softcap  # Gemma 2 caps are on.
   # A milder final norm than `models`: fp32 round-off grows with the logits' size
   # (|logits| <= 3.3 here; 1e-5 is ~20 ulp of them), while the cap still matters.
-  params = _random_params(config, 0, 1.0)
+  params = random_params(config, 0, 1.0)
   prompts = _prompts(config.vocab_size)
   tokens, lengths = sampling.pad_prompts(prompts)
   settings = sampling.SamplingConfig(max_new_tokens=MAX_NEW, temperature=1.0)
@@ -139,7 +120,7 @@ def test_top_k_top_p_stay_in_support_and_logprobs_stay_untempered(models):
 def vocab8():
   """A vocab-8 Gemma 2 model and the first-token distribution for one prompt."""
   config = model.get_config("tiny", vocab_size=8)
-  params = _random_params(config, 0, 0.0)
+  params = random_params(config, 0, 0.0)
   prompt = [1, 2, 3, 4]
   logits = np.asarray(model.logits(config, params, jnp.asarray([prompt])))[0, -1]
   return config, params, prompt, logits.astype(np.float64)

@@ -35,3 +35,119 @@ def masked_mean(x_bt: jax.Array, mask_bt: jax.Array) -> jax.Array:
 def sft_loss(logits_btv: jax.Array, tokens_bt: jax.Array, loss_mask_bt: jax.Array) -> jax.Array:
   """Token-level cross entropy on the masked target positions (supervised warm-start, STaR, Pair-SFT)."""
   return -masked_mean(next_token_logprobs(logits_btv, tokens_bt), loss_mask_bt)
+
+
+# --- KL to the frozen reference, on generated tokens only -------------------------------------
+
+
+def exact_kl(policy_logits_btv: jax.Array, ref_logits_btv: jax.Array) -> jax.Array:
+  """KL(pi_theta(.|ctx) || pi_ref(.|ctx)) over the whole vocabulary, per position: [B, T].
+
+  Position t holds the KL of the distributions that predict token t+1; use
+  `shift_to_targets` to align it with the target positions that masks select.
+  Unbiased and lowest-variance; costs one extra [B, T, V] pass (the default on
+  small vocabularies). The gradient flows into the policy logits only.
+  """
+  logp_btv = jax.nn.log_softmax(policy_logits_btv.astype(jnp.float32), axis=-1)
+  logq_btv = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits_btv).astype(jnp.float32), -1)
+  return jnp.sum(jnp.exp(logp_btv) * (logp_btv - logq_btv), axis=-1)
+
+
+def k1_kl(policy_logprobs_bt: jax.Array, ref_logprobs_bt: jax.Array) -> jax.Array:
+  """Sample estimator log pi_theta(y) - log pi_ref(y) per sampled token.
+
+  Unbiased for KL's value under y ~ pi_theta, but its gradient alone is the
+  gradient of E[log pi_theta] only, not of the KL (the score-function term is
+  missing); it can be negative per token.
+  """
+  return policy_logprobs_bt - jax.lax.stop_gradient(ref_logprobs_bt)
+
+
+def k3_kl(policy_logprobs_bt: jax.Array, ref_logprobs_bt: jax.Array) -> jax.Array:
+  """Schulman's k3 = (r - 1) - log r with r = pi_ref(y) / pi_theta(y): >= 0, unbiased value.
+
+  Its pathwise gradient is that of KL(pi_ref || pi_theta) in expectation (the
+  reverse direction), a known bias of using k3 as a loss; prefer `exact_kl`.
+  """
+  log_ratio = jax.lax.stop_gradient(ref_logprobs_bt) - policy_logprobs_bt
+  return jnp.expm1(log_ratio) - log_ratio
+
+
+def shift_to_targets(per_position_bt: jax.Array) -> jax.Array:
+  """Moves a per-context-position quantity (index t predicts t+1) to target positions."""
+  return jnp.pad(per_position_bt[:, :-1], ((0, 0), (1, 0)))
+
+
+def per_attempt_sum(x_bt: jax.Array, loss_mask_abt: jax.Array) -> jax.Array:
+  """Sum of a per-target-position quantity over each attempt's tokens: [A, B]."""
+  return jnp.sum(x_bt[None] * loss_mask_abt, axis=-1)
+
+
+# --- Rewards and advantages ------------------------------------------------------------------
+
+
+def shaped_rewards(r1_e: jax.Array, r2_e: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array]:
+  """Stage II rewards: R1 = r1, R2 = r2 + alpha * (r2 - r1) (the self-correction bonus)."""
+  return r1_e, r2_e + alpha * (r2_e - r1_e)
+
+
+def rloo_advantages(rewards_e: jax.Array, samples_per_prompt: int) -> jax.Array:
+  """A_j = R_j - mean_{i != j} R_i within each prompt's k consecutive episodes: [E]."""
+  k = samples_per_prompt
+  if k < 2:
+    raise ValueError("RLOO needs samples_per_prompt >= 2 (a leave-one-out baseline).")
+  r_pk = rewards_e.reshape(-1, k)
+  baseline_pk = (jnp.sum(r_pk, axis=1, keepdims=True) - r_pk) / (k - 1)
+  return (r_pk - baseline_pk).reshape(-1)
+
+
+def advantages(rewards_e: jax.Array, samples_per_prompt: int, estimator: str) -> jax.Array:
+  """'rloo' (leave-one-out baseline, the default) or 'reinforce' (the raw reward)."""
+  if estimator == "rloo":
+    return rloo_advantages(rewards_e, samples_per_prompt)
+  if estimator == "reinforce":
+    return rewards_e
+  raise ValueError(f"unknown advantage estimator {estimator!r}; use 'rloo' or 'reinforce'.")
+
+
+# --- Objective terms -------------------------------------------------------------------------
+
+
+def policy_gradient(advantage_e: jax.Array, seq_logprob_e: jax.Array) -> jax.Array:
+  """REINFORCE surrogate -mean_e A_e * log pi(y_e | x_e); the advantage is a constant."""
+  return -jnp.mean(jax.lax.stop_gradient(advantage_e) * seq_logprob_e)
+
+
+def stage1_loss(seq_logprob_ae: jax.Array, kl_ae: jax.Array, rewards_ae: jax.Array, *,
+                samples_per_prompt: int, beta1: float, beta2: float,
+                estimator: str = "rloo") -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Paper Eq. 3: -A(r2) log pi(y2|x2) + beta2 KL_1 + beta1 KL_2 (mean over episodes).
+
+  No policy-gradient term on y1: in Stage I the first attempt moves only through
+  the strong beta2 KL that pins it to the base model.
+  """
+  adv2_e = advantages(rewards_ae[1], samples_per_prompt, estimator)
+  pg = policy_gradient(adv2_e, seq_logprob_ae[1])
+  kl1, kl2 = jnp.mean(kl_ae[0]), jnp.mean(kl_ae[1])
+  loss = pg + beta2 * kl1 + beta1 * kl2
+  return loss, {"pg_loss": pg, "kl_1": kl1, "kl_2": kl2, "adv_2_mean": jnp.mean(adv2_e),
+                "adv_2_abs": jnp.mean(jnp.abs(adv2_e))}
+
+
+def stage2_loss(seq_logprob_ae: jax.Array, kl_ae: jax.Array, rewards_ae: jax.Array, *,
+                samples_per_prompt: int, alpha: float, beta1: float,
+                estimator: str = "rloo") -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Paper Eq. 4 with shaping: -A(R1) log pi(y1|x1) - A(R2) log pi(y2|x2) + beta1 (KL_1 + KL_2).
+
+  Per-turn credit: each attempt's tokens get that attempt's own advantage.
+  """
+  big_r1, big_r2 = shaped_rewards(rewards_ae[0], rewards_ae[1], alpha)
+  adv1_e = advantages(big_r1, samples_per_prompt, estimator)
+  adv2_e = advantages(big_r2, samples_per_prompt, estimator)
+  pg1 = policy_gradient(adv1_e, seq_logprob_ae[0])
+  pg2 = policy_gradient(adv2_e, seq_logprob_ae[1])
+  kl1, kl2 = jnp.mean(kl_ae[0]), jnp.mean(kl_ae[1])
+  loss = pg1 + pg2 + beta1 * (kl1 + kl2)
+  return loss, {"pg_loss": pg1 + pg2, "pg_loss_1": pg1, "pg_loss_2": pg2, "kl_1": kl1,
+                "kl_2": kl2, "shaped_r2_mean": jnp.mean(big_r2),
+                "adv_1_abs": jnp.mean(jnp.abs(adv1_e)), "adv_2_abs": jnp.mean(jnp.abs(adv2_e))}

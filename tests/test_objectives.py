@@ -1,0 +1,112 @@
+"""SCoRe objective terms pinned to the paper's equations with hand-computed values.
+
+Episodes below: 2 prompts x k=2 samples, attempts (y1, y2) with rewards
+  r1 = [0, 1, 1, 0],  r2 = [1, 1, 0, 0]
+so the four 0/1 transitions are i->c, c->c, c->i, i->i.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from score_jax import losses
+
+R1 = np.array([0.0, 1.0, 1.0, 0.0])
+R2 = np.array([1.0, 1.0, 0.0, 0.0])
+REWARDS = np.stack([R1, R2])
+SEQ_LP = np.array([[-3.0, -2.0, -4.0, -1.0], [-5.0, -1.5, -2.5, -3.5]])
+KL = np.array([[0.2, 0.4, 0.6, 0.8], [1.0, 0.5, 0.0, 1.5]])
+
+
+def test_shaped_rewards_alpha_10():
+  # The spec's table: 0->1: 11, 1->0: -10, 1->1: 1, 0->0: 0.
+  big_r1, big_r2 = losses.shaped_rewards(R1, R2, alpha=10.0)
+  np.testing.assert_array_equal(big_r1, R1)
+  np.testing.assert_array_equal(big_r2, [11.0, 1.0, -10.0, 0.0])
+
+
+def test_rloo_leave_one_out():
+  rewards = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])  # 2 prompts x k=3
+  # prompt 0: baselines (0+1)/2, (1+1)/2, (1+0)/2; prompt 1: (0+0)/2, (1+0)/2, (1+0)/2
+  np.testing.assert_allclose(losses.rloo_advantages(rewards, 3),
+                             [0.5, -1.0, 0.5, 1.0, -0.5, -0.5])
+  np.testing.assert_allclose(losses.advantages(rewards, 3, "reinforce"), rewards)
+  with pytest.raises(ValueError, match="samples_per_prompt >= 2"):
+    losses.rloo_advantages(rewards, 1)
+  with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
+    losses.advantages(rewards, 3, "ppo")
+
+
+def test_stage1_loss_value_and_gradients():
+  beta1, beta2 = 0.01, 0.1
+  loss_fn = lambda lp, kl: losses.stage1_loss(lp, kl, REWARDS, samples_per_prompt=2,
+                                              beta1=beta1, beta2=beta2)[0]
+  # A(r2) with k=2: prompt 0 [1,1] -> [0, 0]; prompt 1 [0,0] -> [0, 0]. Use other rewards:
+  rewards = np.stack([R1, np.array([1.0, 0.0, 0.0, 1.0])])
+  adv2 = np.array([1.0, -1.0, -1.0, 1.0])
+  expected = (-np.mean(adv2 * SEQ_LP[1]) + beta2 * KL[0].mean() + beta1 * KL[1].mean())
+  loss, _ = losses.stage1_loss(SEQ_LP, KL, rewards, samples_per_prompt=2, beta1=beta1,
+                               beta2=beta2)
+  assert float(loss) == pytest.approx(expected, rel=1e-6)
+  g_lp, g_kl = jax.grad(lambda lp, kl: losses.stage1_loss(
+      lp, kl, rewards, samples_per_prompt=2, beta1=beta1, beta2=beta2)[0], argnums=(0, 1))(
+          jnp.asarray(SEQ_LP), jnp.asarray(KL))
+  np.testing.assert_array_equal(g_lp[0], 0.0)  # no policy gradient on y1 in Stage I
+  np.testing.assert_allclose(g_lp[1], -adv2 / 4)
+  np.testing.assert_allclose(g_kl[0], beta2 / 4)  # y1 held by the strong KL
+  np.testing.assert_allclose(g_kl[1], beta1 / 4)
+  assert float(loss_fn(SEQ_LP, KL)) == pytest.approx(
+      beta2 * KL[0].mean() + beta1 * KL[1].mean())  # r2 constant per prompt: A = 0
+
+
+def test_stage2_loss_per_turn_credit():
+  alpha, beta1 = 10.0, 0.01
+  loss, metrics = losses.stage2_loss(SEQ_LP, KL, REWARDS, samples_per_prompt=2, alpha=alpha,
+                                     beta1=beta1)
+  adv1 = np.array([-1.0, 1.0, 1.0, -1.0])    # R1 = [0,1 | 1,0]
+  adv2 = np.array([10.0, -10.0, -10.0, 10.0])  # R2 = [11,1 | -10,0]
+  expected = (-np.mean(adv1 * SEQ_LP[0]) - np.mean(adv2 * SEQ_LP[1])
+              + beta1 * (KL[0].mean() + KL[1].mean()))
+  assert float(loss) == pytest.approx(expected, rel=1e-6)
+  g_lp = jax.grad(lambda lp: losses.stage2_loss(lp, KL, REWARDS, samples_per_prompt=2,
+                                                alpha=alpha, beta1=beta1)[0])(jnp.asarray(SEQ_LP))
+  # Each attempt's log-prob is weighted by its own advantage (not one episode scalar).
+  np.testing.assert_allclose(g_lp[0], -adv1 / 4)
+  np.testing.assert_allclose(g_lp[1], -adv2 / 4)
+  assert float(metrics["shaped_r2_mean"]) == pytest.approx(np.mean([11, 1, -10, 0]))
+
+
+def test_exact_kl_direction_and_gradient():
+  rng = np.random.default_rng(0)
+  p_logits = rng.normal(size=(1, 3, 5)).astype(np.float32)
+  q_logits = rng.normal(size=(1, 3, 5)).astype(np.float32)
+  p = np.exp(p_logits) / np.exp(p_logits).sum(-1, keepdims=True)
+  q = np.exp(q_logits) / np.exp(q_logits).sum(-1, keepdims=True)
+  forward = (p * np.log(p / q)).sum(-1)   # KL(pi_theta || pi_ref): the spec's direction
+  reverse = (q * np.log(q / p)).sum(-1)
+  got = np.asarray(losses.exact_kl(p_logits, q_logits))
+  np.testing.assert_allclose(got, forward, rtol=1e-5)
+  assert not np.allclose(got, reverse, rtol=1e-2)
+  np.testing.assert_allclose(losses.exact_kl(p_logits, p_logits), 0.0, atol=1e-6)
+  g_p, g_q = jax.grad(lambda a, b: losses.exact_kl(a, b).sum(), argnums=(0, 1))(p_logits,
+                                                                                 q_logits)
+  assert np.abs(g_p).max() > 1e-3   # gradient flows into the policy ...
+  np.testing.assert_array_equal(g_q, 0.0)  # ... and never into the frozen reference
+
+
+def test_sample_kl_estimators():
+  lp, lq = np.array([[-1.0, -2.0]]), np.array([[-1.5, -1.0]])
+  np.testing.assert_allclose(losses.k1_kl(lp, lq), [[0.5, -1.0]])
+  log_r = lq - lp
+  np.testing.assert_allclose(losses.k3_kl(lp, lq), np.expm1(log_r) - log_r, rtol=1e-6)
+  assert np.all(np.asarray(losses.k3_kl(lp, lq)) >= 0)
+  g = jax.grad(lambda a: losses.k3_kl(a, lq).sum())(jnp.asarray(lp))
+  assert np.abs(np.asarray(g)).min() > 0
+
+
+def test_per_attempt_sum_and_target_shift():
+  x = np.arange(6, dtype=np.float32).reshape(1, 6)
+  mask = np.array([[[0, 1, 1, 0, 0, 0]], [[0, 0, 0, 0, 1, 1]]], np.float32)
+  np.testing.assert_array_equal(losses.per_attempt_sum(x, mask), [[3.0], [9.0]])
+  np.testing.assert_array_equal(losses.shift_to_targets(x), [[0, 0, 1, 2, 3, 4]])

@@ -40,8 +40,11 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], seq_l
 
 def init_train_state(params: Params, optimizer: optax.GradientTransformation,
                      mesh: jax.sharding.Mesh) -> TrainState:
-  """Shards params by the rules; the optimizer state inherits their shardings."""
-  params = sharding.shard_params(params, mesh)
+  """Shards params by the rules; the optimizer state inherits their shardings.
+
+  The state owns fresh buffers (steps donate it), so the caller's `params` stay valid.
+  """
+  params = jax.tree.map(jnp.copy, sharding.shard_params(params, mesh))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   with jax.set_mesh(mesh):  # scalars (step counts) land replicated on the mesh.
     opt_state = jax.jit(optimizer.init)(params)

@@ -117,10 +117,19 @@ def shard_params(params: Any, mesh: Mesh) -> Any:
   return jax.device_put(params, param_shardings(params, mesh))
 
 
+def logical_sharding(mesh: Mesh, logical_axes: Sequence[str | None]) -> NamedSharding:
+  """NamedSharding for arrays whose dims carry `logical_axes` (sizes assumed divisible)."""
+  def axes(name):
+    if name is None:
+      return None
+    mesh_axes = tuple(a for a in LOGICAL_TO_MESH[name] if mesh.shape[a] > 1)
+    return (mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes) if mesh_axes else None
+  return NamedSharding(mesh, P(*(axes(name) for name in logical_axes)))
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Leading (batch) dim over the data-parallel axes, the rest replicated."""
-  axes = tuple(a for a in LOGICAL_TO_MESH["batch"] if mesh.shape[a] > 1) or None
-  return NamedSharding(mesh, P(axes, *([None] * (ndim - 1))))
+  return logical_sharding(mesh, ("batch",) + (None,) * (ndim - 1))
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

@@ -23,18 +23,27 @@ from score_jax.model import ModelConfig, Params, logits
 TrainState = dict[str, Any]
 
 
-def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], seq_len: int,
+Segments = Sequence[tuple[Sequence[int], bool]]
+
+
+def pack_examples(examples: Sequence[Segments], seq_len: int,
                   pad_id: int = 0) -> dict[str, np.ndarray]:
-  """Right-padded tokens [B, seq_len] and a loss mask selecting the target tokens."""
+  """Right-padded tokens [B, seq_len] and a loss mask over the trained segments.
+
+  Each example is a list of (token ids, trained) segments, e.g. a multi-turn
+  episode [(x1, False), (y1, True), (instruction, False), (y2, True)].
+  """
   tokens = np.full((len(examples), seq_len), pad_id, np.int32)
   mask = np.zeros((len(examples), seq_len), np.float32)
-  for i, (prompt, target) in enumerate(examples):
-    n = len(prompt) + len(target)
+  for i, segments in enumerate(examples):
+    n = sum(len(ids) for ids, _ in segments)
     if n > seq_len:
-      raise ValueError(f"example {i} has {n} tokens (prompt {len(prompt)} + target "
-                       f"{len(target)}) but seq_len is {seq_len}; raise seq_len.")
-    tokens[i, :n] = list(prompt) + list(target)
-    mask[i, len(prompt):n] = 1.0
+      raise ValueError(f"example {i} has {n} tokens but seq_len is {seq_len}; raise seq_len.")
+    start = 0
+    for ids, trained in segments:
+      tokens[i, start:start + len(ids)] = ids
+      mask[i, start:start + len(ids)] = float(trained)
+      start += len(ids)
   return {"tokens": tokens, "loss_mask": mask}
 
 

@@ -14,16 +14,18 @@ def _examples(n=8):
   out = []
   for _ in range(n):
     prompt = list(rng.integers(3, 40, 4))
-    out.append((prompt, prompt[::-1]))
+    out.append([(prompt, False), (prompt[::-1], True)])
   return out
 
 
 def test_pack_examples():
-  batch = sft.pack_examples([([5, 6], [7]), ([8], [9, 10])], seq_len=4, pad_id=0)
-  np.testing.assert_array_equal(batch["tokens"], [[5, 6, 7, 0], [8, 9, 10, 0]])
-  np.testing.assert_array_equal(batch["loss_mask"], [[0, 0, 1, 0], [0, 1, 1, 0]])
+  batch = sft.pack_examples([[([5, 6], False), ([7], True)],
+                             [([8], False), ([9], True), ([4], False), ([10], True)]],
+                            seq_len=5, pad_id=0)
+  np.testing.assert_array_equal(batch["tokens"], [[5, 6, 7, 0, 0], [8, 9, 4, 10, 0]])
+  np.testing.assert_array_equal(batch["loss_mask"], [[0, 0, 1, 0, 0], [0, 1, 0, 1, 0]])
   with pytest.raises(ValueError, match="raise seq_len"):
-    sft.pack_examples([([1, 2, 3], [4, 5])], seq_len=4)
+    sft.pack_examples([[([1, 2, 3], False), ([4, 5], True)]], seq_len=4)
 
 
 def _train(mesh, steps):

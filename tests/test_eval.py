@@ -1,0 +1,41 @@
+"""Self-correction metrics against hand-computed values (spec §5)."""
+
+import numpy as np
+import pytest
+
+from score_jax import eval as evaluation
+
+
+def test_transition_metrics_identity():
+  c = np.array([[0, 1, 1, 0, 1], [1, 1, 0, 0, 1]])
+  m = evaluation.transition_metrics(c)
+  assert m["acc_t1"] == pytest.approx(0.6) and m["acc_t2"] == pytest.approx(0.6)
+  assert m["delta_i_to_c"] == pytest.approx(0.2) and m["delta_c_to_i"] == pytest.approx(0.2)
+  assert m["delta"] == pytest.approx(m["delta_i_to_c"] - m["delta_c_to_i"])
+  three = evaluation.transition_metrics(np.array([[0, 0], [0, 1], [1, 1]]))
+  assert three["acc_t3"] == 1.0 and three["delta"] == 0.5
+
+
+def test_changed_answers_and_edit_distance():
+  assert evaluation.changed_answer_rate([["3", "4", None, "5"], ["3", "5", None, "6"]]) == 0.5
+  ratios = evaluation.edit_distance_ratios(["abc", "", "kitten"], ["abc", "", "sitting"])
+  np.testing.assert_allclose(ratios, [0.0, 0.0, 3 / 13])
+
+
+def test_majority_vote():
+  answer = lambda t: t.split("=")[-1] if "=" in t else None
+  reward = lambda t, g: float(answer(t) == g)
+  assert evaluation.majority_correct(["x=1", "y=2", "z=2", "junk"], "2", reward, answer) == 1.0
+  assert evaluation.majority_correct(["x=1", "y=2"], "2", reward, answer) == 0.0  # tie: earliest
+  assert evaluation.majority_correct(["junk", "nothing"], "2", reward, answer) == 0.0
+
+
+def test_table_and_report(tmp_path):
+  results = {"base": {"metrics": {"acc_t1": 0.5, "acc_t2": 0.25, "delta": -0.25,
+                                  "delta_i_to_c": 0.0, "delta_c_to_i": 0.25,
+                                  "changed_answer_rate": 0.5},
+                      "correct": [[1, 1, 0, 0], [1, 0, 0, 0]]}}
+  table = evaluation.write_report(results, str(tmp_path))
+  assert "50.0" in table and "-25.0" in table
+  assert (tmp_path / "eval.png").stat().st_size > 1000
+  assert (tmp_path / "eval.json").exists()

@@ -143,6 +143,8 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
 
   def run(state: TrainState, ref_params: Params, batch: dict[str, Any]):
+    # Episodes arrive laid out however the rollout left them: move them to the step's layout.
+    batch = jax.device_put(batch, batch_shardings)
     with jax.set_mesh(mesh):
       return jitted(state, ref_params, batch)
 

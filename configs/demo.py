@@ -1,0 +1,47 @@
+"""The embedded default: a tiny Gemma-2-style model on the synthetic arithmetic task, on CPU.
+
+  python -m score_jax.main --config=configs/demo.py --workdir=runs/demo \
+      --config.rl.stage_schedule=stage1:20,stage2:40 --config.model.d_model=96
+
+Every value below can be overridden from the command line as --config.<path>=<value>.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # (data, fsdp, tensor); -1 takes the remaining devices.
+  c.mesh_shape = (-1, 1, 1)
+
+  # A Gemma 2 layout (soft-caps, local/global layers, GQA) at toy size; vocab_size comes
+  # from the tokenizer.
+  c.model = ml_collections.ConfigDict(dict(
+      preset="tiny", d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+      ffw_hidden=256, sliding_window=64, query_pre_attn_scalar=32.0, dtype="float32"))
+
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      path="",  # a sentencepiece .model; empty = train one on the task's corpus.
+      vocab_size=512, corpus_size=4000))
+
+  c.task = ml_collections.ConfigDict(dict(
+      name="synthetic", difficulty="medium", train_seed=1, eval_seed=2, num_train=20_000,
+      num_eval=256))
+
+  # Supervised warm-start that makes the base model (see train.warmstart_examples).
+  c.warmstart = ml_collections.ConfigDict(dict(
+      steps=600, batch_size=64, learning_rate=3e-3, warmup_steps=50, seq_len=160,
+      p_corrupt_context=0.5, p_second_repeats=0.7, log_every=50))
+
+  # SCoRe (paper Table 5 values where they carry over: alpha, beta1, beta2, temperature).
+  c.rl = ml_collections.ConfigDict(dict(
+      stage_schedule="stage1:30,stage2:60", prompts_per_step=16, samples_per_prompt=4,
+      num_attempts=2, max_new_tokens=48, temperature=1.0, learning_rate=2e-5, adam_b1=0.9,
+      adam_b2=0.999, grad_clip=1.0, alpha=10.0, beta1=0.01, beta2=0.1, estimator="rloo",
+      kl_estimator="exact", micro_batches=1, rollout_micro_batch=16,
+      offline_first_fraction=0.0))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(every=25, keep=3))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64))
+  return c

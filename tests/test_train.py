@@ -1,0 +1,114 @@
+"""The run end to end on a miniature config: outputs, resume after SIGTERM, config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import demo
+from score_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A miniature of configs/demo.py: seconds, not minutes.
+OVERRIDES = {
+    "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.num_kv_heads": 1,
+    "model.head_dim": 16, "model.ffw_hidden": 64, "model.query_pre_attn_scalar": 16.0,
+    "tokenizer.vocab_size": 330, "tokenizer.corpus_size": 200, "task.num_train": 400,
+    "task.num_eval": 8, "warmstart.steps": 4, "warmstart.batch_size": 8,
+    "warmstart.log_every": 2, "warmstart.seq_len": 256, "rl.stage_schedule": "stage1:2,stage2:3",
+    "rl.prompts_per_step": 4, "rl.samples_per_prompt": 2, "rl.max_new_tokens": 12,
+    "rl.rollout_micro_batch": 4, "checkpoint.every": 1, "eval.batch_size": 8,
+    "mesh_shape": (2, 2, 2),
+}
+
+
+def small_config():
+  config = demo.get_config()
+  for key, value in OVERRIDES.items():
+    node = config
+    *path, leaf = key.split(".")
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def _cli_args(workdir):
+  args = [sys.executable, "-m", "score_jax.main", "--config=configs/demo.py",
+          f"--workdir={workdir}"]
+  for key, value in OVERRIDES.items():
+    value = ",".join(map(str, value)) if isinstance(value, tuple) else value
+    args.append(f"--config.{key}={value}")
+  return args
+
+
+def _final_params(workdir):
+  import orbax.checkpoint as ocp
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "rl")) if d.isdigit())
+  path = os.path.join(workdir, "rl", str(steps[-1]), "state")
+  return steps[-1], ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def test_end_to_end_outputs(tmp_path):
+  results = train.train_and_evaluate(small_config(), str(tmp_path))
+  assert set(results) == {"base", "score"}
+  for r in results.values():
+    assert set(evaluation_keys := ("acc_t1", "acc_t2", "delta", "delta_i_to_c",
+                                   "delta_c_to_i", "changed_answer_rate")) <= set(r["metrics"])
+    assert len(r["texts"][0]) == 8
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  rl = [r for r in records if "rl/loss" in r]
+  assert [r["step"] for r in rl] == [1, 2, 3, 4, 5]
+  assert [r["rl/stage"] for r in rl] == ["stage1"] * 2 + ["stage2"] * 3
+  assert rl[0]["rl/kl_1"] == pytest.approx(0.0, abs=1e-6)  # pi_theta == pi_ref at step 0
+  assert os.listdir(tmp_path / "tensorboard")
+  assert (tmp_path / "eval" / "eval.png").exists() and (tmp_path / "tokenizer.model").exists()
+
+
+def test_sigterm_mid_run_then_resume_equals_uninterrupted(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  straight = tmp_path / "straight"
+  subprocess.run(_cli_args(straight), cwd=REPO, env=env, check=True, capture_output=True)
+  interrupted = tmp_path / "interrupted"
+  proc = subprocess.Popen(_cli_args(interrupted), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  metrics = interrupted / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and '"rl/loss"' in metrics.read_text():
+      proc.send_signal(signal.SIGTERM)  # preemption during RL step 2 or later
+      break
+    time.sleep(0.05)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode != 0 and "preempted during RL" in out, out[-2000:]
+  saved_steps = sorted(int(d) for d in os.listdir(interrupted / "rl") if d.isdigit())
+  assert saved_steps and saved_steps[-1] < 5
+  resumed = subprocess.run(_cli_args(interrupted), cwd=REPO, env=env, capture_output=True,
+                           text=True)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  step_a, params_a = _final_params(straight)
+  step_b, params_b = _final_params(interrupted)
+  assert step_a == step_b == 5
+  import jax
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)  # bitwise
+
+
+def test_unknown_config_key_is_named(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "score_jax.main", "--config=configs/demo.py",
+                         f"--workdir={tmp_path}", "--config.rl.learning_rat=1e-4"], cwd=REPO,
+                        capture_output=True, text=True)
+  assert proc.returncode != 0
+  assert "learning_rat" in proc.stderr
+
+
+def test_bad_schedule_is_a_clear_error():
+  with pytest.raises(ValueError, match="bad stage_schedule entry 'stage3:10'"):
+    train.parse_schedule("stage1:10,stage3:10")
+  assert train.parse_schedule("stage1:2, stage2:3,stage1:1") == [
+      ("stage1", 2), ("stage2", 3), ("stage1", 1)]

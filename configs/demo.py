@@ -23,25 +23,27 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.tokenizer = ml_collections.ConfigDict(dict(
       path="",  # a sentencepiece .model; empty = train one on the task's corpus.
-      vocab_size=512, corpus_size=4000))
+      vocab_size=512, corpus_size=4000,
+      chat_template=True))  # Gemma's turn template; False: plain "{prompt}\n" turns.
 
   c.task = ml_collections.ConfigDict(dict(
-      name="synthetic", difficulty="medium", train_seed=1, eval_seed=2, num_train=20_000,
+      # single_digit has 1,905 distinct problems: 1,500 train, 256 held out for evaluation.
+      name="synthetic", difficulty="single_digit", train_seed=1, eval_seed=2, num_train=1500,
       num_eval=256))
 
   # Supervised warm-start that makes the base model (see train.warmstart_examples).
   c.warmstart = ml_collections.ConfigDict(dict(
-      steps=600, batch_size=64, learning_rate=3e-3, warmup_steps=50, seq_len=160,
+      steps=500, batch_size=32, learning_rate=3e-3, warmup_steps=50, seq_len=160,
       p_corrupt_context=0.5, p_second_repeats=0.7, log_every=50))
 
   # SCoRe (paper Table 5 values where they carry over: alpha, beta1, beta2, temperature).
   c.rl = ml_collections.ConfigDict(dict(
-      stage_schedule="stage1:30,stage2:60", prompts_per_step=16, samples_per_prompt=4,
-      num_attempts=2, max_new_tokens=48, temperature=1.0, learning_rate=2e-5, adam_b1=0.9,
+      stage_schedule="stage1:20,stage2:40", prompts_per_step=16, samples_per_prompt=4,
+      num_attempts=2, max_new_tokens=48, temperature=1.0, learning_rate=1e-4, adam_b1=0.9,
       adam_b2=0.999, grad_clip=1.0, alpha=10.0, beta1=0.01, beta2=0.1, estimator="rloo",
       kl_estimator="exact", micro_batches=1, rollout_micro_batch=16,
       offline_first_fraction=0.0))
 
-  c.checkpoint = ml_collections.ConfigDict(dict(every=25, keep=3))
+  c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3))
   c.eval = ml_collections.ConfigDict(dict(batch_size=64))
   return c

@@ -6,7 +6,9 @@ the same workdir resumes from the last checkpoint.
 """
 
 import logging
+import os
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -18,10 +20,26 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def initialize_distributed() -> None:
+  """jax.distributed.initialize() when this is one process of a multi-host job.
+
+  On a multi-host TPU slice JAX finds the coordinator itself (TPU_WORKER_HOSTNAMES
+  lists the hosts); elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID. A single host needs nothing.
+  """
+  multi_host_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if multi_host_tpu or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; pass options as --flag=value.")
   logging.getLogger("absl").setLevel(logging.WARNING)
+  initialize_distributed()
+  print(f"score_jax process {jax.process_index()}/{jax.process_count()}: "
+        f"{jax.local_device_count()} local / {jax.device_count()} global devices "
+        f"({jax.devices()[0].platform})", flush=True)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

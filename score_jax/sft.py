@@ -26,13 +26,18 @@ TrainState = dict[str, Any]
 Segments = Sequence[tuple[Sequence[int], bool]]
 
 
-def pack_examples(examples: Sequence[Segments], seq_len: int,
-                  pad_id: int = 0) -> dict[str, np.ndarray]:
+def pack_examples(examples: Sequence[Segments], seq_len: int, pad_id: int = 0,
+                  bucket: int | None = None) -> dict[str, np.ndarray]:
   """Right-padded tokens [B, seq_len] and a loss mask over the trained segments.
 
   Each example is a list of (token ids, trained) segments, e.g. a multi-turn
   episode [(x1, False), (y1, True), (instruction, False), (y2, True)].
+  With `bucket`, the width shrinks to the longest example rounded up to a multiple
+  of `bucket` (at most seq_len): less padding, a handful of compiled shapes.
   """
+  if bucket:
+    longest = max(sum(len(ids) for ids, _ in segments) for segments in examples)
+    seq_len = min(seq_len, -(-longest // bucket) * bucket) if longest <= seq_len else seq_len
   tokens = np.full((len(examples), seq_len), pad_id, np.int32)
   mask = np.zeros((len(examples), seq_len), np.float32)
   for i, segments in enumerate(examples):

@@ -58,14 +58,15 @@ def parse_schedule(schedule: str) -> list[tuple[str, int]]:
 
 def _tokenizer(config, task: tasks.Task, workdir: str) -> tokenizer_lib.Tokenizer:
   if config.tokenizer.path:
-    return tokenizer_lib.load(config.tokenizer.path)
+    return tokenizer_lib.load(config.tokenizer.path, chat_template=config.tokenizer.chat_template)
   path = os.path.join(workdir, "tokenizer.model")
   if os.path.exists(path):  # trained by an earlier (possibly interrupted) run of this workdir.
-    return tokenizer_lib.load(path)
+    return tokenizer_lib.load(path, chat_template=config.tokenizer.chat_template)
   lines = [line for ex in task.train[:config.tokenizer.corpus_size]
            for line in (ex.prompt, ex.solution or "")]
   lines += [task.instruction] * 100  # weight it like a frequent line, so it merges into few pieces
-  tok = tokenizer_lib.train_tokenizer(lines, vocab_size=config.tokenizer.vocab_size)
+  tok = tokenizer_lib.train_tokenizer(lines, vocab_size=config.tokenizer.vocab_size,
+                                      chat_template=config.tokenizer.chat_template)
   if jax.process_index() == 0:
     tok.save(path)
   return tok
@@ -80,7 +81,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   model_config = model.get_config(config.model.preset, vocab_size=tok.vocab_size, **overrides)
   return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok,
              model_config=model_config, between_ids=tuple(tok.next_turn_ids(task.instruction)),
-             stop_tokens=(tok.end_of_turn_id, tok.eos_id))
+             stop_tokens=tuple(sorted({tok.model_turn_end_id, tok.eos_id})))
 
 
 def prompt_ids(run: Run, example: tasks.Example) -> list[int]:
@@ -100,7 +101,7 @@ def warmstart_examples(run: Run, step: int) -> list[sft.Segments]:
   """
   cfg = run.config.warmstart
   rng = np.random.default_rng([run.config.seed, 7, step])
-  eot = [run.tok.end_of_turn_id]
+  eot = [run.tok.model_turn_end_id]
   examples = []
   for idx in rng.choice(len(run.task.train), cfg.batch_size, replace=False):
     ex = run.task.train[idx]
@@ -138,7 +139,8 @@ def run_warmstart(run: Run, writer: metrics_lib.MetricWriter) -> model.Params:
   step_fn = sft.make_sft_step(run.model_config, opt, state, run.mesh)
   try:
     for step in range(start, cfg.steps):
-      batch = sft.pack_examples(warmstart_examples(run, step), cfg.seq_len, run.tok.pad_id)
+      batch = sft.pack_examples(warmstart_examples(run, step), cfg.seq_len, run.tok.pad_id,
+                                bucket=32)
       state, m = step_fn(state, batch)
       if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
         writer.write(step + 1, m, prefix="warmstart/")
@@ -158,7 +160,7 @@ def rollout_config(run: Run, *, greedy: bool = False) -> rollout.RolloutConfig:
   return rollout.RolloutConfig(
       samples_per_prompt=1 if greedy else cfg.samples_per_prompt,
       max_new_tokens=cfg.max_new_tokens, instruction_ids=run.between_ids,
-      stop_tokens=run.stop_tokens, turn_end_id=run.tok.end_of_turn_id,
+      stop_tokens=run.stop_tokens, turn_end_id=run.tok.model_turn_end_id,
       num_attempts=cfg.num_attempts, temperature=0.0 if greedy else cfg.temperature,
       pad_id=run.tok.pad_id,
       offline_first_fraction=0.0 if greedy else cfg.offline_first_fraction)
@@ -286,7 +288,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if parse_schedule(config.rl.stage_schedule):
     trained = run_rl(run, base, writer)
     results["score"] = evaluate_params(run, trained)
-  table = evaluation.write_report(results, os.path.join(workdir, "eval"))
+  table = evaluation.format_table({name: r["metrics"] for name, r in results.items()})
+  if jax.process_index() == 0:  # one writer on a shared workdir.
+    evaluation.write_report(results, os.path.join(workdir, "eval"))
   writer.close()
   print(f"\nEvaluation on {len(run.task.eval)} held-out problems (greedy, %):\n{table}\n"
         f"wall time {time.time() - start:.0f} s; results in {os.path.join(workdir, 'eval')}",

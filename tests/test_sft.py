@@ -24,6 +24,8 @@ def test_pack_examples():
                             seq_len=5, pad_id=0)
   np.testing.assert_array_equal(batch["tokens"], [[5, 6, 7, 0, 0], [8, 9, 4, 10, 0]])
   np.testing.assert_array_equal(batch["loss_mask"], [[0, 0, 1, 0, 0], [0, 1, 0, 1, 0]])
+  bucketed = sft.pack_examples([[([5, 6], False), ([7], True)]], seq_len=64, bucket=2)
+  np.testing.assert_array_equal(bucketed["tokens"], [[5, 6, 7, 0]])
   with pytest.raises(ValueError, match="raise seq_len"):
     sft.pack_examples([[([1, 2, 3], False), ([4, 5], True)]], seq_len=4)
 

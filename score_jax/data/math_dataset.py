@@ -20,55 +20,34 @@ mismatch between the two files cannot leak evaluation problems into training.
 
 Records: {"id", "problem", "answer", "level" (-1 for "Level ?"), "subject"}.
 The gold answer is the record's "answer" if given, else the content of the
-last \\boxed{...} (or \\fbox{...}) of the solution; neither gives an error that
-names the problem.
+last \\boxed{...} (or \\fbox{...}) of the solution
+(`score_jax.rewards.math.gold_from_solution`). Every gold answer must pass
+`score_jax.rewards.math.parse_gold` (the verifier that will score it can parse
+it); a missing or unparseable gold fails the load with an error naming the
+problem.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
 from score_jax.data import records
+from score_jax.rewards import math as math_reward
 
 _HENDRYCKS_SPLITS = ("train", "test")
 _LEVEL = re.compile(r"(?:Level\s*)?(\d+|\?)")
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
-
-
-def last_boxed_content(text: str) -> str | None:
-  """Content of the last \\boxed{...} / \\fbox{...} in `text`, braces matched.
-
-  Also reads the brace-less form "\\boxed 5" (up to the next "$" or whitespace).
-  None when there is no box, or it is empty or unbalanced.
-  """
-  start = max(text.rfind(command) for command in _BOX_COMMANDS)
-  if start < 0:
-    return None
-  rest = text[start:]
-  rest = rest[len(next(c for c in _BOX_COMMANDS if rest.startswith(c))):]
-  if rest.startswith(" "):  # "\boxed 5$": the argument is one token.
-    content = re.split(r"[\s$]", rest.lstrip(" "), maxsplit=1)[0]
-    return content or None
-  if not rest.startswith("{"):
-    return None
-  depth = 0
-  for i, char in enumerate(rest):
-    if char == "{":
-      depth += 1
-    elif char == "}":
-      depth -= 1
-      if depth == 0:
-        content = rest[1:i].strip()
-        return content or None
-  return None
+# Checking a gold answer takes ~10 ms of sympy in a verifier worker; threads keep
+# several workers busy. The cap bounds the worker processes on large hosts.
+_GOLD_CHECK_THREADS = min(8, os.cpu_count() or 1)
 
 
 def normalise_problem_text(problem: str) -> str:
@@ -91,18 +70,31 @@ def _example(problem_id: str, raw: dict, where: str) -> dict:
     raise ValueError(f"{where}: no 'problem' field.")
   answer = raw.get("answer")
   if not isinstance(answer, str) or not answer.strip():
-    answer = last_boxed_content(raw.get("solution", ""))
+    answer = math_reward.gold_from_solution(raw.get("solution"))
   if answer is None:
     raise ValueError(f"Problem {problem_id!r} ({where}) has no gold answer: no non-empty "
                      "'answer' field and no non-empty \\boxed{...} in its 'solution'.")
+  try:  # A gold the verifier cannot read would score every response 0, silently.
+    answer = math_reward.parse_gold(answer, problem_id)
+  except ValueError as error:
+    raise ValueError(f"{where}: {error}") from error
   subject = raw.get("subject", raw.get("type"))
   if not isinstance(subject, str):
     raise ValueError(f"{where}: no 'subject' or 'type' field naming the MATH subject.")
-  return {"id": problem_id, "problem": raw["problem"], "answer": answer.strip(),
+  return {"id": problem_id, "problem": raw["problem"], "answer": answer,
           "level": _parse_level(raw.get("level", "Level ?"), where), "subject": subject}
 
 
-def _read_hendrycks(source_dir: str, split: str) -> Iterator[dict]:
+def _examples(raw_problems: Iterable[tuple[str, dict, str]]) -> list[dict]:
+  """`_example(problem_id, raw, where)` of each triple, in order; the first error is raised."""
+  threads = concurrent.futures.ThreadPoolExecutor(_GOLD_CHECK_THREADS)
+  try:
+    return list(threads.map(lambda args: _example(*args), raw_problems))
+  finally:
+    threads.shutdown(cancel_futures=True)  # After an error, skip the checks still queued.
+
+
+def _read_hendrycks(source_dir: str, split: str) -> Iterator[tuple[str, dict, str]]:
   paths = sorted(glob.glob(os.path.join(source_dir, split, "*", "*.json")))
   if not paths:
     raise FileNotFoundError(f"No MATH problems under {os.path.join(source_dir, split)!r}; expected "
@@ -114,14 +106,14 @@ def _read_hendrycks(source_dir: str, split: str) -> Iterator[dict]:
         raw = json.load(f)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}).") from e
-    yield _example(f"{split}/{subject_dir}/{name}", raw, path)
+    yield f"{split}/{subject_dir}/{name}", raw, path
 
 
-def _read_jsonl(source_dir: str, split: str) -> Iterator[dict]:
+def _read_jsonl(source_dir: str, split: str) -> Iterator[tuple[str, dict, str]]:
   path = os.path.join(source_dir, f"{split}.jsonl")
   for line_number, raw in records.read_jsonl(path, required=("problem",)):
     problem_id = raw.get("unique_id") or f"{split}.jsonl:{line_number}"
-    yield _example(problem_id, raw, f"{path}:{line_number}")
+    yield problem_id, raw, f"{path}:{line_number}"
 
 
 def read_source_problems(source_dir: str) -> list[dict]:
@@ -135,15 +127,15 @@ def read_source_problems(source_dir: str) -> list[dict]:
         f"No MATH data found in {source_dir!r}. Expected either the Hendrycks layout "
         "(train/<subject>/<n>.json and test/<subject>/<n>.json, each with 'problem', 'level', "
         "'type', 'solution') or train.jsonl and test.jsonl (one such object a line).")
-  return [example for split in _HENDRYCKS_SPLITS for example in reader(source_dir, split)]
+  return _examples(raw for split in _HENDRYCKS_SPLITS for raw in reader(source_dir, split))
 
 
 def read_math500(path: str) -> list[dict]:
   """The MATH500 problems of a PRM800K-style `test.jsonl`."""
   records.require_file(path, "the MATH500 problems as JSON lines (PRM800K test.jsonl: "
                        "'problem', 'answer', 'unique_id' such as 'test/precalculus/807.json')")
-  return [_example(raw["unique_id"], raw, f"{path}:{line_number}")
-          for line_number, raw in records.read_jsonl(path, required=("problem", "unique_id"))]
+  rows = records.read_jsonl(path, required=("problem", "unique_id"))
+  return _examples((raw["unique_id"], raw, f"{path}:{line_number}") for line_number, raw in rows)
 
 
 def _require_unique_ids(problems: list[dict], where: str) -> None:

@@ -91,6 +91,10 @@ class Difficulty:
 
 
 DIFFICULTIES: dict[str, Difficulty] = {
+    # Single-digit operands, values below 20: learnable by a ~1M-parameter model in a few
+    # CPU minutes (the default demo).
+    "single_digit": Difficulty(min_terms=2, max_terms=3, min_operand=1, max_operand=9,
+                               max_value=19),
     "easy": Difficulty(min_terms=2, max_terms=3, min_operand=1, max_operand=30, max_value=50),
     "medium": Difficulty(min_terms=3, max_terms=4, min_operand=10, max_operand=99),
     "hard": Difficulty(min_terms=4, max_terms=5, min_operand=10, max_operand=99),

@@ -41,20 +41,6 @@ def write_hendrycks(root):
   return root
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("$\\boxed{5}$", "5"),
-    ("first \\boxed{1}, last \\boxed{\\frac{a}{b}}.", "\\frac{a}{b}"),
-    ("$\\boxed{\\{1, 2\\}}$ and $\\fbox{x^{2}}$", "x^{2}"),
-    ("so the answer is $\\boxed 7$.", "7"),
-    ("no box here", None),
-    ("empty $\\boxed{}$", None),
-    ("unbalanced \\boxed{1", None),
-    ("bare \\boxed", None),
-])
-def test_last_boxed_content(text, expected):
-  assert math_dataset.last_boxed_content(text) == expected
-
-
 def test_hendrycks_layout_splits_and_fields(tmp_path):
   source = write_hendrycks(tmp_path / "MATH")
   math500 = write_jsonl(tmp_path / "test.jsonl", MATH500)
@@ -115,6 +101,25 @@ def test_unextractable_gold_answer_names_the_problem(tmp_path):
   math500 = write_jsonl(tmp_path / "test.jsonl", MATH500)
   with pytest.raises(ValueError, match=r"'train/algebra/4.json'.*no gold answer"):
     math_dataset.load(source, math500, tmp_path / "tfds", "train")
+
+
+def test_unparseable_gold_answer_fails_the_load_naming_the_problem(tmp_path):
+  source = write_hendrycks(tmp_path / "MATH")
+  # A box with content, so extraction succeeds, but nothing math-verify can read.
+  (source / "train" / "algebra" / "4.json").write_text(json.dumps(
+      {"problem": "?", "level": "Level 1", "type": "Algebra", "solution": "$\\boxed{\\frac{}{}}$"}))
+  math500 = write_jsonl(tmp_path / "test.jsonl", MATH500)
+  with pytest.raises(ValueError, match=r"4\.json: Problem 'train/algebra/4.json'.*cannot parse"):
+    math_dataset.load(source, math500, tmp_path / "tfds", "train")
+
+
+def test_unparseable_math500_answer_fails_the_load(tmp_path):
+  source = write_hendrycks(tmp_path / "MATH")
+  broken = dict(MATH500[0], answer="\\frac{1}{2")  # The "answer" field is checked too.
+  math500 = write_jsonl(tmp_path / "test.jsonl", [broken, MATH500[1]])
+  with pytest.raises(ValueError, match=r"test\.jsonl:1: Problem 'test/precalculus/807.json': "
+                                       r"unbalanced braces"):
+    math_dataset.load(source, math500, tmp_path / "tfds", "eval")
 
 
 def test_duplicate_ids_and_bad_levels_are_refused(tmp_path):

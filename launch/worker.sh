@@ -84,7 +84,8 @@ current_run() {
 # processes.
 group_alive() {
   [[ "$1" =~ ^[0-9]+$ ]] || return 1
-  ps -e -o pgid=,stat=,args= | awk -v g="$1" '
+  # -ww: without it ps cuts args to 80 columns when piped, hiding the match below on long paths.
+  ps -ww -e -o pgid=,stat=,args= | awk -v g="$1" '
     $1 == g && $2 !~ /^Z/ && /launch\/worker\.sh _job|score_jax\.main/ { found = 1 }
     END { exit !found }'
 }

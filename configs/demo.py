@@ -29,7 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.task = ml_collections.ConfigDict(dict(
       # single_digit has 1,905 distinct problems: 1,500 train, 256 held out for evaluation.
       name="synthetic", difficulty="single_digit", train_seed=1, eval_seed=2, num_train=1500,
-      num_eval=256))
+      num_eval=256,
+      instruction=""))  # the self-correction instruction; empty = the task's own.
 
   # Supervised warm-start that makes the base model (see train.warmstart_examples).
   c.warmstart = ml_collections.ConfigDict(dict(

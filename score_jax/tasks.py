@@ -56,9 +56,13 @@ TASKS = {"synthetic": make_synthetic}
 
 
 def make_task(cfg: ml_collections.ConfigDict) -> Task:
+  """The task named by cfg.name; a non-empty cfg.instruction replaces its turn-2 instruction."""
   if cfg.name not in TASKS:
     raise ValueError(f"unknown task {cfg.name!r}; known tasks: {sorted(TASKS)}.")
-  return TASKS[cfg.name](cfg)
+  task = TASKS[cfg.name](cfg)
+  if cfg.get("instruction"):
+    task = dataclasses.replace(task, instruction=cfg.instruction)
+  return task
 
 
 def batch_prompts(prompt_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray,

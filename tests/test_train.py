@@ -112,3 +112,11 @@ def test_bad_schedule_is_a_clear_error():
     train.parse_schedule("stage1:10,stage3:10")
   assert train.parse_schedule("stage1:2, stage2:3,stage1:1") == [
       ("stage1", 2), ("stage2", 3), ("stage1", 1)]
+
+
+def test_instruction_override():
+  from score_jax import tasks
+  config = small_config()
+  assert tasks.make_task(config.task).instruction.startswith("There might be an error")
+  config.task.instruction = "Please check again."
+  assert tasks.make_task(config.task).instruction == "Please check again."

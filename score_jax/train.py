@@ -88,6 +88,20 @@ def prompt_ids(run: Run, example: tasks.Example) -> list[int]:
   return run.tok.first_turn_ids(example.prompt)
 
 
+def _open_phase(run: Run, name: str, state: sft.TrainState):
+  """The phase's checkpointer, resumed: (ckpt, start step, state, meta); start 0 when new."""
+  ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, name),
+                                 save_every=run.config.checkpoint.every,
+                                 keep=run.config.checkpoint.keep)
+  restored = ckpt.restore(checkpoint.abstract_like(state))
+  start, meta = 0, {}
+  if restored is not None:
+    start, state, meta = restored
+    log.info("%s resumed at step %d", name, start)
+  ckpt.install_signal_handlers()
+  return ckpt, start, state, meta
+
+
 # --- supervised warm-start --------------------------------------------------------------------
 
 
@@ -126,16 +140,8 @@ def run_warmstart(run: Run, writer: metrics_lib.MetricWriter) -> model.Params:
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
                                                 max(cfg.steps, cfg.warmup_steps + 1))
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
-  state = sft.init_train_state(params, opt, run.mesh)
-  ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, "warmstart"),
-                                 save_every=run.config.checkpoint.every,
-                                 keep=run.config.checkpoint.keep)
-  restored = ckpt.restore(checkpoint.abstract_like(state))
-  start = 0
-  if restored is not None:
-    start, state, _ = restored
-    log.info("warm-start resumed at step %d", start)
-  ckpt.install_signal_handlers()
+  ckpt, start, state, _ = _open_phase(run, "warmstart",
+                                      sft.init_train_state(params, opt, run.mesh))
   step_fn = sft.make_sft_step(run.model_config, opt, state, run.mesh)
   try:
     for step in range(start, cfg.steps):
@@ -218,20 +224,12 @@ def run_rl(run: Run, base_params: model.Params,
   ref_params = jax.tree.map(jnp.copy, sharding.shard_params(base_params, run.mesh))
   opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                     optax.adam(cfg.learning_rate, b1=cfg.adam_b1, b2=cfg.adam_b2))
-  state = sft.init_train_state(base_params, opt, run.mesh)
-  ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, "rl"),
-                                 save_every=run.config.checkpoint.every,
-                                 keep=run.config.checkpoint.keep)
-  restored = ckpt.restore(checkpoint.abstract_like(state))
-  start = 0
-  if restored is not None:
-    start, state, meta = restored
-    if meta.get("stage_schedule") != cfg.stage_schedule:
-      raise ValueError(f"{ckpt.directory} was written with stage_schedule "
-                       f"{meta.get('stage_schedule')!r}, not {cfg.stage_schedule!r}; use the same "
-                       "config to resume, or a new workdir.")
-    log.info("RL resumed at step %d of %d", start, total)
-  ckpt.install_signal_handlers()
+  ckpt, start, state, meta = _open_phase(run, "rl",
+                                         sft.init_train_state(base_params, opt, run.mesh))
+  if start and meta.get("stage_schedule") != cfg.stage_schedule:
+    raise ValueError(f"{ckpt.directory} was written with stage_schedule "
+                     f"{meta.get('stage_schedule')!r}, not {cfg.stage_schedule!r}; use the same "
+                     "config to resume, or a new workdir.")
   steps = {name: train_step.make_rl_step(run.model_config, opt, _objective(run, name), state,
                                          ref_params, run.mesh)
            for name in {name for name, _ in schedule}}

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import sharding
+from score_jax import losses, sharding
 from score_jax.model import transformer
 from score_jax.model.config import ModelConfig
 
@@ -167,12 +167,6 @@ def choose_tokens(logits_bv: jax.Array, rng: jax.Array | None,
   return jnp.take_along_axis(indices_bk, choice_b[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-def _model_logprobs(logits_bv: jax.Array, tokens_b: jax.Array) -> jax.Array:
-  """log softmax(logits)[token]: the untempered, untruncated policy log-prob."""
-  logp_bv = jax.nn.log_softmax(logits_bv.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp_bv, tokens_b[:, None], axis=-1)[:, 0]
-
-
 class _LoopState(NamedTuple):
   step: jax.Array          # tokens drawn so far (the column the next one goes to).
   cache: transformer.Cache
@@ -192,7 +186,9 @@ def _record(state: _LoopState, logits_bv: jax.Array, rng: jax.Array | None,
   token_b = choose_tokens(logits_bv, key, settings)
   active_b = ~state.done_b
   token_b = jnp.where(active_b, token_b, settings.pad_id)
-  logprob_b = jnp.where(active_b, _model_logprobs(logits_bv, token_b), 0.0)
+  # log pi(token): the untempered, untruncated policy log-prob the trainer recomputes.
+  logprob_b = losses.token_logprobs(logits_bv[:, None], token_b[:, None])[:, 0]
+  logprob_b = jnp.where(active_b, logprob_b, 0.0)
   is_stop_b = jnp.isin(token_b, jnp.asarray(settings.stop_tokens, jnp.int32)) & active_b
   lengths_b = state.lengths_b + active_b.astype(jnp.int32)
   stopped_b = state.stopped_b | is_stop_b

@@ -5,8 +5,9 @@ For each model config and batch size, on the same random weights and prompts:
   ours   `score_jax.sampling.sample`, greedy, compiled ahead of time (compile timed apart).
   hf     transformers' `generate` on the same weights exported with `checkpoints.save_hf`,
          fp32, eager attention (Gemma 2 has no SDPA path: SDPA cannot soft-cap), greedy,
-         EOS disabled so every row gets exactly `new_tokens` tokens; one row per
-         `--hf_cache` implementation (dynamic / static KV cache).
+         EOS disabled so every row gets exactly `new_tokens` tokens; timed for every
+         `--hf_cache` implementation (dynamic / static KV cache) and `--torch_threads`
+         count, and compared at its fastest (a conservative baseline).
   naive  a jitted `fori_loop` that reruns the full `score_jax.model.logits` forward on
          a fixed [B, prompt_len + new_tokens] buffer per new token (no KV cache; one
          compile). Every step costs the same, so it runs only `--naive_steps` steps
@@ -47,6 +48,12 @@ import numpy as np
 
 from score_jax import model, sampling
 from score_jax.model import checkpoints
+
+# OpenMP's default busy-waiting makes multi-threaded torch stall for seconds when other
+# processes share the cores (measured here: 0.4-21 s for a call that takes 0.06 s on one
+# thread); passive waiting avoids it. It only applies if torch was not imported before us.
+_TORCH_PREIMPORTED = "torch" in sys.modules
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # A ~91M-parameter Gemma 2 (d 640, 12 layers, 32k vocab); heads sized like Gemma 2 2B's
 # ratio (GQA 2:1), MLP 4x, Gemma 2's 4096-token window (wider than any run here).
@@ -107,11 +114,10 @@ def _naive_loop(config: model.ModelConfig, steps: int):
 class _Hf:
   """transformers' Gemma 2 on our weights (save_hf -> from_pretrained), greedy generate."""
 
-  def __init__(self, config: model.ModelConfig, params: model.Params, threads: int):
+  def __init__(self, config: model.ModelConfig, params: model.Params):
     import torch  # Deferred: only the benchmark needs torch.
     import transformers
     self.torch = torch
-    torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as path:
       checkpoints.save_hf(config, params, path)
@@ -122,7 +128,9 @@ class _Hf:
     self.model.generation_config.eos_token_id = None
     self.model.generation_config.pad_token_id = 0
 
-  def generate(self, prompts_bp: np.ndarray, new_tokens: int, cache: str) -> np.ndarray:
+  def generate(self, prompts_bp: np.ndarray, new_tokens: int, cache: str,
+               threads: int) -> np.ndarray:
+    self.torch.set_num_threads(threads)
     ids = self.torch.from_numpy(prompts_bp).long()
     out = self.model.generate(ids, attention_mask=self.torch.ones_like(ids), do_sample=False,
                               max_new_tokens=new_tokens, cache_implementation=cache)
@@ -166,9 +174,10 @@ def bench_case(config: model.ModelConfig, params: model.Params, hf: _Hf, batch: 
   runs: dict[str, Callable[[], Any]] = {
       "ours_full": ours["full"], "ours_one": ours["one"],
       "naive": lambda: jax.block_until_ready(naive_compiled(params, buffer_bt, p))}
-  for cache in args.hf_caches:
-    runs[f"hf_{cache}_full"] = lambda c=cache: hf.generate(prompts_bp, m, c)
-    runs[f"hf_{cache}_one"] = lambda c=cache: hf.generate(prompts_bp, 1, c)
+  for cache, threads in args.hf_variants:
+    name = f"hf_{cache}_t{threads}"
+    runs[f"{name}_full"] = lambda c=cache, t=threads: hf.generate(prompts_bp, m, c, t)
+    runs[f"{name}_one"] = lambda c=cache, t=threads: hf.generate(prompts_bp, 1, c, t)
 
   # One untimed warm-up call each (HF's first call sets up caches), then interleaved reps.
   warmup_s, outputs = {}, {}
@@ -183,8 +192,9 @@ def bench_case(config: model.ModelConfig, params: model.Params, hf: _Hf, batch: 
   ours_tokens = np.asarray(outputs["ours_full"].tokens)
   naive_tokens = np.asarray(outputs["naive"])[:, p:p + naive_steps]
   checks = {"naive": _compare("naive", ours_tokens, naive_tokens)}
-  for cache in args.hf_caches:
-    checks[f"hf_{cache}"] = _compare(f"hf {cache}", ours_tokens, outputs[f"hf_{cache}_full"])
+  hf_names = [f"hf_{cache}_t{threads}" for cache, threads in args.hf_variants]
+  for name in hf_names:
+    checks[name] = _compare(name, ours_tokens, outputs[f"{name}_full"])
 
   def rates(full: float, one: float) -> dict[str, float]:
     return {"generate_tok_s": batch * m / full, "prefill_tok_s": batch * p / one,
@@ -192,10 +202,10 @@ def bench_case(config: model.ModelConfig, params: model.Params, hf: _Hf, batch: 
 
   systems = {"ours": rates(med["ours_full"], med["ours_one"]),
              "naive": {"generate_tok_s": batch * naive_steps / med["naive"]}}
-  for cache in args.hf_caches:
-    systems[f"hf_{cache}"] = rates(med[f"hf_{cache}_full"], med[f"hf_{cache}_one"])
-  best_hf = max(args.hf_caches, key=lambda c: systems[f"hf_{c}"]["generate_tok_s"])
-  hf_best = systems[f"hf_{best_hf}"]
+  for name in hf_names:
+    systems[name] = rates(med[f"{name}_full"], med[f"{name}_one"])
+  best_hf = max(hf_names, key=lambda name: systems[name]["generate_tok_s"])
+  hf_best = systems[best_hf]
   ratios = {
       "generate_vs_hf": systems["ours"]["generate_tok_s"] / hf_best["generate_tok_s"],
       "decode_vs_hf": systems["ours"]["decode_tok_s"] / hf_best["decode_tok_s"],
@@ -204,26 +214,29 @@ def bench_case(config: model.ModelConfig, params: model.Params, hf: _Hf, batch: 
                             / systems["naive"]["generate_tok_s"]),
   }
   return {"batch": batch, "prompt_len": p, "new_tokens": m, "naive_steps": naive_steps,
-          "systems": systems, "best_hf_cache": best_hf, "ratios": ratios,
+          "systems": systems, "best_hf": best_hf, "ratios": ratios,
           "median_s": med, "times_s": times, "compile_s": compile_s, "warmup_s": warmup_s,
           "tokens": checks}
 
 
 def markdown_table(results: dict[str, Any]) -> str:
   """The BENCHMARKS.md table: one row per (config, batch)."""
-  head = ("| config | batch | ours gen tok/s | HF gen tok/s (cache) | naive tok/s "
+  head = ("| config | batch | ours gen tok/s | HF gen tok/s (best setting) | naive tok/s "
           "| ours/HF gen | ours/HF decode | ours/naive | ours prefill tok/s "
           "| HF prefill tok/s | ours/HF prefill | ours compile s | tokens = HF / naive |")
   lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
   for name, entry in results["configs"].items():
     for case in entry["cases"]:
       s, r = case["systems"], case["ratios"]
-      hf = s[f"hf_{case['best_hf_cache']}"]
-      hf_check = case["tokens"][f"hf_{case['best_hf_cache']}"]
+      hf = s[case["best_hf"]]
+      # Token agreement: the worst of the HF variants timed.
+      hf_check = min((v for k, v in case["tokens"].items() if k.startswith("hf_")),
+                     key=lambda check: check["rows_equal"])
+      _, cache, threads = case["best_hf"].split("_")
       naive_check = case["tokens"]["naive"]
       lines.append(
           f"| {name} | {case['batch']} | {s['ours']['generate_tok_s']:,.0f} "
-          f"| {hf['generate_tok_s']:,.0f} ({case['best_hf_cache']}) "
+          f"| {hf['generate_tok_s']:,.0f} ({cache}, {threads[1:]} thr) "
           f"| {s['naive']['generate_tok_s']:,.0f} | {r['generate_vs_hf']:.2f} "
           f"| {r['decode_vs_hf']:.2f} | {r['generate_vs_naive']:.1f} "
           f"| {s['ours']['prefill_tok_s']:,.0f} | {hf['prefill_tok_s']:,.0f} "
@@ -254,46 +267,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--new_tokens", type=int, default=64, help="greedy tokens per row")
   parser.add_argument("--naive_steps", type=int, default=4,
                       help="decode steps the naive loop runs (0 = all new_tokens)")
-  parser.add_argument("--hf_cache", default=",".join(HF_CACHES),
-                      help="transformers cache_implementation(s) to time; the ratios use "
-                      "the fastest")
+  parser.add_argument("--hf_cache", default="dynamic",
+                      help=f"transformers cache_implementation(s) to time, from {HF_CACHES}; "
+                      "the ratios use the fastest")
   parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
-  parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+  parser.add_argument("--torch_threads", type=ints, default=sorted({1, os.cpu_count()}),
+                      help="torch thread count(s) to time HF with; the ratios use the fastest")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quick", action="store_true",
                       help="smoke run: tiny config, batch 2, 16+8 tokens, 1 rep, "
-                      "dynamic cache")
+                      "dynamic cache, 1 torch thread")
   parser.add_argument("--out", help="write the JSON results here (default: print to stdout)")
   args = parser.parse_args(argv)
   if args.quick:
     args.configs, args.batches, args.prompt_len, args.new_tokens = "tiny", [2], 16, 8
-    args.reps, args.hf_cache = 1, "dynamic"
+    args.reps, args.hf_cache, args.torch_threads = 1, "dynamic", [1]
   args.configs = args.configs.split(",")
   args.hf_caches = args.hf_cache.split(",")
+  args.hf_variants = [(cache, threads) for cache in args.hf_caches
+                      for threads in args.torch_threads]
   unknown = sorted(set(args.configs) - set(CONFIGS))
   if unknown:
     parser.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}.")
   bad_caches = sorted(set(args.hf_caches) - set(HF_CACHES))
   if bad_caches:
     parser.error(f"unknown --hf_cache value(s) {bad_caches}; choose from {list(HF_CACHES)}.")
-  if args.reps < 1 or args.new_tokens < 2 or min(args.batches) < 1:
-    parser.error("--reps and every batch must be >= 1, and --new_tokens >= 2 (decode "
-                 "throughput subtracts a one-token call).")
+  if args.reps < 1 or args.new_tokens < 2 or min(args.batches + args.torch_threads) < 1:
+    parser.error("--reps, batches and torch threads must be >= 1, and --new_tokens >= 2 "
+                 "(decode throughput subtracts a one-token call).")
   return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark; prints the table (and the JSON unless --out); returns the results."""
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   results: dict[str, Any] = {
-      "command": "python -m benchmarks.sampler " + " ".join(argv or sys.argv[1:]),
+      "command": " ".join(["python -m benchmarks.sampler", *argv]),
       "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                  "jax_devices": [str(d) for d in jax.devices()], "torch_threads": args.threads},
+                  "jax_devices": [str(d) for d in jax.devices()],
+                  "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+                  "torch_imported_first": _TORCH_PREIMPORTED},
       "versions": _versions(), "configs": {}}
   for name in args.configs:
     config = CONFIGS[name]()
     params = benchmark_params(config, args.seed)
-    load_s, hf = _timed(lambda: _Hf(config, params, args.threads))
+    load_s, hf = _timed(lambda: _Hf(config, params))
     print(f"{name}: {config.num_params() / 1e6:.1f}M params (HF export + load {load_s:.1f} s)",
           file=sys.stderr)
     cases = []

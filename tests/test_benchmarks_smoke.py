@@ -16,7 +16,7 @@ def test_quick_run_measures_every_system_and_tokens_agree(tmp_path, capsys):
   assert json.loads(out.read_text()) == json.loads(json.dumps(results))
   (case,) = results["configs"]["tiny"]["cases"]
   assert case["batch"] == 2 and case["new_tokens"] == 8 and case["prompt_len"] == 16
-  for system in ("ours", "hf_dynamic"):
+  for system in ("ours", "hf_dynamic_t1"):
     rates = case["systems"][system]
     assert set(rates) == {"generate_tok_s", "prefill_tok_s", "decode_tok_s"}
     assert all(rate > 0 for rate in rates.values())

@@ -43,8 +43,29 @@ def get_config() -> ml_collections.ConfigDict:
       num_attempts=2, max_new_tokens=48, temperature=1.0, learning_rate=1e-4, adam_b1=0.9,
       adam_b2=0.999, grad_clip=1.0, alpha=10.0, beta1=0.01, beta2=0.1, estimator="rloo",
       kl_estimator="exact", micro_batches=1, rollout_micro_batch=16,
-      offline_first_fraction=0.0))
+      offline_first_fraction=0.0,
+      logits_chunk=128,  # positions per logits block in the loss (0: full [E, L, V] logits).
+      freeze_embedding=False,  # True: the tied embedding gets no gradient and no update.
+      # Stage I adaptive beta2 (losses.adaptive_beta2): keep beta2 * KL_1 near
+      # beta2_target_ratio x mean |A2 log pi(y2)|; beta2 above is its starting value.
+      adaptive_beta2=False, beta2_target_ratio=1.0, beta2_gain=0.1, beta2_min=1e-3,
+      beta2_max=10.0))
+
+  # "score" (the rl.stage_schedule above; naive_r2 / single_turn ... are schedule entries),
+  # or an SFT baseline on the same budget: "star" | "pair_sft" (score_jax/baselines.py).
+  c.method = "score"
+  c.baseline = ml_collections.ConfigDict(dict(
+      steps=0,  # gradient updates; 0 = the stage schedule's total.
+      round_steps=1,  # steps per sample-then-fine-tune round (1: sample with the newest params).
+      batch_size=0,  # SFT rows per update; 0 = prompts_per_step * samples_per_prompt.
+      learning_rate=1e-4, include_correct_to_correct=False))  # True: the paper's D+ variants.
 
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3))
-  c.eval = ml_collections.ConfigDict(dict(batch_size=64))
+  # base: also evaluate the base model (an experiment sharing one base turns it off);
+  # self_refine: also evaluate the base model with generate -> feedback -> refine prompting
+  # (instructions: score_jax/self_refine.py; empty = its defaults).
+  c.eval = ml_collections.ConfigDict(dict(batch_size=64, base=True, self_refine=False,
+                                          self_refine_feedback="", self_refine_refine=""))
+  # The final policy as a transformers checkpoint (+ tokenizer.model); empty: <workdir>/export/hf.
+  c.export = ml_collections.ConfigDict(dict(enabled=True, hf_dir=""))
   return c

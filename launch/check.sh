@@ -23,18 +23,13 @@ Options:
 ${COMMON_HELP}"
 
 EXPECTED_RUN=""
-while (($#)); do
-  common_flag "$@"
-  if ((CONSUMED)); then
-    shift "$CONSUMED"
-    continue
-  fi
+# This script's own options (common_flag handles the shared ones); see parse_flags.
+own_flag() {
   case "$1" in
     --run | --run=*) take_value "$@" && EXPECTED_RUN="$VALUE" ;;
-    *) usage_error "unknown argument '$1'" ;;
   esac
-  shift "$CONSUMED"
-done
+}
+parse_flags own_flag "$@"
 require_flags TPU_NAME:--name ZONE:--zone
 require_gcloud
 

@@ -2,8 +2,8 @@
 # Shared by the launch/*.sh scripts (sourced, not run): flag parsing, quoting, and running or
 # printing (--dry-run) the gcloud commands that drive a Cloud TPU VM slice.
 #
-# A script sets HELP (its --help text; the first line is the usage line), then loops over its
-# arguments calling common_flag first and its own flags second. Everything that reaches a
+# A script sets HELP (its --help text; the first line is the usage line), defines a function
+# for its own options and hands it to parse_flags with the command line. Everything that reaches a
 # worker goes through launch/worker.sh there, so the commands printed here stay short and
 # every remote step is a named, testable function.
 
@@ -76,6 +76,21 @@ common_flag() {
       exit 0
       ;;
   esac
+}
+
+# parse_flags HANDLER ARG...: reads the whole command line. At each argument common_flag
+# goes first; otherwise HANDLER is called with the remaining arguments and sets CONSUMED to
+# the words it used (take_value does that for options with values; leaving it 0 means "not
+# mine", an error). A handler consumes "--" and the rest at once with CONSUMED=$#.
+parse_flags() {
+  local handler="$1"
+  shift
+  while (($#)); do
+    common_flag "$@"
+    ((CONSUMED)) || "$handler" "$@"
+    ((CONSUMED)) || usage_error "unknown argument '$1'"
+    shift "$CONSUMED"
+  done
 }
 
 # require_flags VAR:--flag ...: exits 2 naming every required option whose VAR is empty.

@@ -33,12 +33,8 @@ TIMEOUT_MINUTES=60
 POLL_SECONDS=30
 EXTRA_FLAGS=()
 
-while (($#)); do
-  common_flag "$@"
-  if ((CONSUMED)); then
-    shift "$CONSUMED"
-    continue
-  fi
+# This script's own options (common_flag handles the shared ones); see parse_flags.
+own_flag() {
   case "$1" in
     --accelerator-type | --accelerator-type=*) take_value "$@" && ACCELERATOR_TYPE="$VALUE" ;;
     --runtime-version | --runtime-version=*) take_value "$@" && RUNTIME_VERSION="$VALUE" ;;
@@ -51,14 +47,12 @@ while (($#)); do
     --no-wait) WAIT=0 CONSUMED=1 ;;
     --wait-only) CREATE_REQUEST=0 CONSUMED=1 ;;
     --)
-      shift
-      EXTRA_FLAGS=("$@")
-      break
+      EXTRA_FLAGS+=("${@:2}")
+      CONSUMED=$#
       ;;
-    *) usage_error "unknown argument '$1'" ;;
   esac
-  shift "$CONSUMED"
-done
+}
+parse_flags own_flag "$@"
 require_flags TPU_NAME:--name ZONE:--zone ACCELERATOR_TYPE:--accelerator-type
 [[ "$TIMEOUT_MINUTES" =~ ^[0-9]+$ ]] || usage_error "--timeout-minutes must be a whole number"
 [[ "$POLL_SECONDS" =~ ^[0-9]+$ && "$POLL_SECONDS" -gt 0 ]] ||

@@ -20,20 +20,15 @@ ${COMMON_HELP}"
 YES=0
 ASYNC=0
 NODE_ONLY=0
-while (($#)); do
-  common_flag "$@"
-  if ((CONSUMED)); then
-    shift "$CONSUMED"
-    continue
-  fi
+# This script's own options (common_flag handles the shared ones); see parse_flags.
+own_flag() {
   case "$1" in
     --yes) YES=1 CONSUMED=1 ;;
     --async) ASYNC=1 CONSUMED=1 ;;
     --node-only) NODE_ONLY=1 CONSUMED=1 ;;
-    *) usage_error "unknown argument '$1'" ;;
   esac
-  shift "$CONSUMED"
-done
+}
+parse_flags own_flag "$@"
 require_flags TPU_NAME:--name ZONE:--zone
 require_gcloud
 

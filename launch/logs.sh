@@ -19,20 +19,15 @@ ${COMMON_HELP}"
 LINES_BACK=20
 FOLLOW=1
 WORKER=all
-while (($#)); do
-  common_flag "$@"
-  if ((CONSUMED)); then
-    shift "$CONSUMED"
-    continue
-  fi
+# This script's own options (common_flag handles the shared ones); see parse_flags.
+own_flag() {
   case "$1" in
     --lines | --lines=*) take_value "$@" && LINES_BACK="$VALUE" ;;
     --worker | --worker=*) take_value "$@" && WORKER="$VALUE" ;;
     --no-follow) FOLLOW=0 CONSUMED=1 ;;
-    *) usage_error "unknown argument '$1'" ;;
   esac
-  shift "$CONSUMED"
-done
+}
+parse_flags own_flag "$@"
 require_flags TPU_NAME:--name ZONE:--zone
 [[ "$LINES_BACK" =~ ^[0-9]+$ ]] || usage_error "--lines must be a whole number"
 [[ "$WORKER" == all || "$WORKER" =~ ^[0-9]+$ ]] || usage_error "--worker must be a number or 'all'"

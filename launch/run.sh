@@ -36,12 +36,8 @@ ALLOW_LOCAL=0
 CHECK_AFTER=30
 ENV_ARGS=()
 PROGRAM_ARGS=()
-while (($#)); do
-  common_flag "$@"
-  if ((CONSUMED)); then
-    shift "$CONSUMED"
-    continue
-  fi
+# This script's own options (common_flag handles the shared ones); see parse_flags.
+own_flag() {
   case "$1" in
     --config.*=*) PROGRAM_ARGS+=("$1") CONSUMED=1 ;;
     --config.*) usage_error "write config overrides as one word, --config.KEY=VALUE (got '$1')" ;;
@@ -55,14 +51,12 @@ while (($#)); do
     --allow-local-workdir) ALLOW_LOCAL=1 CONSUMED=1 ;;
     --check-after | --check-after=*) take_value "$@" && CHECK_AFTER="$VALUE" ;;
     --)
-      shift
-      PROGRAM_ARGS+=("$@")
-      break
+      PROGRAM_ARGS+=("${@:2}")
+      CONSUMED=$#
       ;;
-    *) usage_error "unknown argument '$1'" ;;
   esac
-  shift "$CONSUMED"
-done
+}
+parse_flags own_flag "$@"
 require_flags TPU_NAME:--name ZONE:--zone CONFIG:--config WORKDIR:--workdir
 case "$WORKDIR" in
   gs://*)

@@ -25,20 +25,15 @@ ${COMMON_HELP}"
 BUCKET=""
 MOUNT_DIR=""
 VERIFY_ONLY=0
-while (($#)); do
-  common_flag "$@"
-  if ((CONSUMED)); then
-    shift "$CONSUMED"
-    continue
-  fi
+# This script's own options (common_flag handles the shared ones); see parse_flags.
+own_flag() {
   case "$1" in
     --bucket | --bucket=*) take_value "$@" && BUCKET="$VALUE" ;;
     --mount-dir | --mount-dir=*) take_value "$@" && MOUNT_DIR="$VALUE" ;;
     --verify-only) VERIFY_ONLY=1 CONSUMED=1 ;;
-    *) usage_error "unknown argument '$1'" ;;
   esac
-  shift "$CONSUMED"
-done
+}
+parse_flags own_flag "$@"
 require_flags TPU_NAME:--name ZONE:--zone
 BUCKET="${BUCKET#gs://}"
 BUCKET="${BUCKET%/}"

@@ -18,19 +18,14 @@ ${COMMON_HELP}"
 
 GRACE=120
 FORCE=0
-while (($#)); do
-  common_flag "$@"
-  if ((CONSUMED)); then
-    shift "$CONSUMED"
-    continue
-  fi
+# This script's own options (common_flag handles the shared ones); see parse_flags.
+own_flag() {
   case "$1" in
     --grace | --grace=*) take_value "$@" && GRACE="$VALUE" ;;
     --force) FORCE=1 CONSUMED=1 ;;
-    *) usage_error "unknown argument '$1'" ;;
   esac
-  shift "$CONSUMED"
-done
+}
+parse_flags own_flag "$@"
 require_flags TPU_NAME:--name ZONE:--zone
 [[ "$GRACE" =~ ^[0-9]+$ ]] || usage_error "--grace must be a whole number of seconds"
 require_gcloud

@@ -19,19 +19,14 @@ ${COMMON_HELP}"
 
 REPO="$REPO_DIR"
 ALLOW_DIRTY=0
-while (($#)); do
-  common_flag "$@"
-  if ((CONSUMED)); then
-    shift "$CONSUMED"
-    continue
-  fi
+# This script's own options (common_flag handles the shared ones); see parse_flags.
+own_flag() {
   case "$1" in
     --repo | --repo=*) take_value "$@" && REPO="$VALUE" ;;
     --allow-dirty) ALLOW_DIRTY=1 CONSUMED=1 ;;
-    *) usage_error "unknown argument '$1'" ;;
   esac
-  shift "$CONSUMED"
-done
+}
+parse_flags own_flag "$@"
 require_flags TPU_NAME:--name ZONE:--zone
 
 # Reading the commit is safe in a dry run too: the commands below name it.

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from score_jax import rollout
+from score_jax import multihost, rollout
 from score_jax.model import ModelConfig, Params
 
 METRIC_ORDER = ("acc_t1", "acc_t2", "delta", "delta_i_to_c", "delta_c_to_i", "changed_answer_rate")
@@ -67,14 +67,22 @@ def evaluate(config: ModelConfig, params: Params, prompts: np.ndarray, prompt_le
   episodes = rollout.rollout_in_chunks(config, params, prompts, prompt_lengths,
                                        jax.random.key(0), rc=rc, micro_batch=size)
   texts = [t[:n] for t in rollout.attempt_texts(episodes, decode, rc.stop_tokens)]
+  truncated = multihost.fetch(episodes.truncated)[:, :n]
+  return score_attempts(texts, golds, truncated, reward_fn=reward_fn, answer_fn=answer_fn)
+
+
+def score_attempts(texts: Sequence[Sequence[str]], golds: Sequence[str], truncated_an: np.ndarray,
+                   *, reward_fn: Callable[[str, str], float],
+                   answer_fn: Callable[[str], str | None]) -> dict[str, Any]:
+  """Verifies attempt texts [A][N] and returns `evaluate`'s result (metrics, texts, correct, ...)."""
   correct = np.array([[reward_fn(text, gold) for text, gold in zip(attempt, golds)]
                       for attempt in texts])
   answers = [[answer_fn(text) for text in attempt] for attempt in texts]
   metrics = transition_metrics(correct)
-  truncated = np.asarray(jax.device_get(episodes.truncated))[:, :n]
-  metrics["truncation_rate"] = float(truncated.mean())
-  result = {"metrics": metrics, "texts": texts, "correct": correct.tolist(), "answers": answers}
-  if rc.num_attempts >= 2:
+  metrics["truncation_rate"] = float(np.asarray(truncated_an).mean())
+  result = {"metrics": metrics, "texts": [list(t) for t in texts], "correct": correct.tolist(),
+            "answers": answers}
+  if len(texts) >= 2:
     metrics["changed_answer_rate"] = changed_answer_rate(answers)
     ratios = edit_distance_ratios(texts[0], texts[1])
     metrics["edit_distance_ratio_mean"] = float(ratios.mean())
@@ -134,9 +142,10 @@ def compute_scaling(config: ModelConfig, params: Params, prompts: np.ndarray,
 def format_table(rows: dict[str, dict[str, float]]) -> str:
   """A text table, one row per model (e.g. base, SCoRe), percentages like the paper."""
   header = ["model", "Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δi→c", "Δc→i", "changed"]
-  lines = [" | ".join(f"{h:>10}" for h in header)]
+  width = max([10, *map(len, rows)])
+  lines = [" | ".join([f"{header[0]:>{width}}", *(f"{h:>10}" for h in header[1:])])]
   for name, m in rows.items():
-    cells = [f"{name:>10}"] + [f"{100 * m.get(k, float('nan')):>10.1f}" for k in METRIC_ORDER]
+    cells = [f"{name:>{width}}"] + [f"{100 * m.get(k, float('nan')):>10.1f}" for k in METRIC_ORDER]
     lines.append(" | ".join(cells))
   return "\n".join(lines)
 

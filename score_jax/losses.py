@@ -1,13 +1,22 @@
 """Loss terms as small pure functions over logits, tokens and masks.
 
-Shapes: B batch, T time, V vocab. Masks are float {0, 1} arrays [B, T] that
-select the positions whose *target* token is trained.
+Shapes: B batch, T time, V vocab, D model, C chunk. Masks are float {0, 1}
+arrays [B, T] that select the positions whose *target* token is trained.
+
+Training never builds the whole [B, T, V] logits tensor: `chunked_token_terms`
+projects the final hidden states to logits C positions at a time (rematerialised
+in the backward pass) and keeps only per-position scalars. `token_logprobs` and
+`exact_kl` are its per-block building blocks; over full logits they (with
+`next_token_logprobs`, `shift_to_targets`) are the oracle it is tested against.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from score_jax.model.config import ModelConfig
+from score_jax.model.transformer import Params, logits_from_hidden
 
 
 def token_logprobs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
@@ -35,6 +44,61 @@ def masked_mean(x_bt: jax.Array, mask_bt: jax.Array) -> jax.Array:
 def sft_loss(logits_btv: jax.Array, tokens_bt: jax.Array, loss_mask_bt: jax.Array) -> jax.Array:
   """Token-level cross entropy on the masked target positions (supervised warm-start, STaR, Pair-SFT)."""
   return -masked_mean(next_token_logprobs(logits_btv, tokens_bt), loss_mask_bt)
+
+
+def _to_chunks(x_bt: jax.Array, chunk: int) -> jax.Array:
+  """[B, T, ...] right-padded to a multiple of `chunk` and split: [T / C, B, C, ...]."""
+  b, t = x_bt.shape[:2]
+  n = -(-t // chunk)
+  pad = [(0, 0), (0, n * chunk - t)] + [(0, 0)] * (x_bt.ndim - 2)
+  x_bt = jnp.pad(x_bt, pad)
+  return jnp.moveaxis(x_bt.reshape(b, n, chunk, *x_bt.shape[2:]), 1, 0)
+
+
+def chunked_token_terms(config: ModelConfig, params: Params, h_btd: jax.Array,
+                        tokens_bt: jax.Array, *, chunk: int, ref_params: Params | None = None,
+                        ref_h_btd: jax.Array | None = None,
+                        with_kl: bool = True) -> dict[str, jax.Array]:
+  """Per-target-position terms from final hidden states, `chunk` positions at a time.
+
+  Returns fp32 [B, T] arrays aligned to target positions (0 at t = 0), equal to
+  the full-logits path: "logprob" = `next_token_logprobs(logits, tokens)`; with a
+  reference, "ref_logprob" (no gradient) and, if `with_kl`, "kl" =
+  `shift_to_targets(exact_kl(logits, ref_logits))`. Logits come from the model's
+  own `logits_from_hidden` (tied projection and final soft-cap). Memory is a few
+  fp32 [B, C, V] blocks (logits of both models, their gradient) instead of
+  several [B, T, V] tensors: the per-chunk function is rematerialised
+  (`jax.checkpoint`), so the backward pass recomputes a chunk's logits rather
+  than storing them. chunk <= 0 means one chunk.
+  """
+  b, t = tokens_bt.shape
+  if (ref_params is None) != (ref_h_btd is None):
+    raise ValueError("pass both ref_params and ref_h_btd (or neither) to chunked_token_terms.")
+  if t < 2:
+    zeros = jnp.zeros((b, t), jnp.float32)
+    return {"logprob": zeros} | ({} if ref_params is None else {"ref_logprob": zeros, "kl": zeros})
+  chunk = t - 1 if chunk <= 0 else min(chunk, t - 1)
+  # Context position t predicts token t + 1: drop the last hidden state and the first token.
+  xs = {"h": _to_chunks(h_btd[:, :-1], chunk), "target": _to_chunks(tokens_bt[:, 1:], chunk)}
+  if ref_params is not None:
+    ref_params = jax.lax.stop_gradient(ref_params)
+    xs["ref_h"] = _to_chunks(jax.lax.stop_gradient(ref_h_btd[:, :-1]), chunk)
+
+  @jax.checkpoint
+  def one_chunk(params, ref_params, x):
+    logits_bcv = logits_from_hidden(config, params, x["h"])
+    out = {"logprob": token_logprobs(logits_bcv, x["target"])}
+    if ref_params is not None:
+      ref_logits_bcv = logits_from_hidden(config, ref_params, x["ref_h"])
+      out["ref_logprob"] = token_logprobs(ref_logits_bcv, x["target"])
+      if with_kl:
+        out["kl"] = exact_kl(logits_bcv, ref_logits_bcv)
+    return out
+
+  _, out_nbc = jax.lax.scan(lambda carry, x: (carry, one_chunk(params, ref_params, x)), None, xs)
+  # [T / C, B, C] -> [B, T - 1] -> target-aligned [B, T].
+  return jax.tree.map(lambda x: jnp.pad(jnp.moveaxis(x, 0, 1).reshape(b, -1)[:, :t - 1],
+                                        ((0, 0), (1, 0))), out_nbc)
 
 
 # --- KL to the frozen reference, on generated tokens only -------------------------------------
@@ -131,7 +195,26 @@ def stage1_loss(seq_logprob_ae: jax.Array, kl_ae: jax.Array, rewards_ae: jax.Arr
   kl1, kl2 = jnp.mean(kl_ae[0]), jnp.mean(kl_ae[1])
   loss = pg + beta2 * kl1 + beta1 * kl2
   return loss, {"pg_loss": pg, "kl_1": kl1, "kl_2": kl2, "adv_2_mean": jnp.mean(adv2_e),
-                "adv_2_abs": jnp.mean(jnp.abs(adv2_e))}
+                "adv_2_abs": jnp.mean(jnp.abs(adv2_e)),
+                "pg_2_abs": jnp.mean(jnp.abs(adv2_e * seq_logprob_ae[1]))}
+
+
+def adaptive_beta2(beta2: jax.Array, kl1: jax.Array, pg2_abs: jax.Array, *, target_ratio: float,
+                   gain: float, beta_min: float, beta_max: float,
+                   max_error: float = 0.2) -> jax.Array:
+  """Stage I's adaptive beta2 (spec §2): keep beta2 * KL_1 comparable to the y2 objective.
+
+  A proportional controller in the form of Ziegler et al. (2019),
+    rho = beta2 * KL_1 / (target_ratio * M2),   M2 = mean_e |A2_e log pi(y2_e | x2_e)|,
+    e = clip(1 - rho, -max_error, max_error),    beta2 <- clip(beta2 (1 + gain e), min, max):
+  a KL term smaller than the y2 objective raises beta2, a larger one lowers it,
+  by at most gain * max_error per step. With M2 = 0 (no y2 signal in the batch,
+  e.g. every group's r2 equal) there is nothing to balance against: beta2 holds.
+  """
+  target = target_ratio * pg2_abs
+  error = jnp.clip(1.0 - beta2 * kl1 / jnp.where(target > 0, target, 1.0), -max_error, max_error)
+  error = jnp.where(target > 0, error, 0.0)
+  return jnp.clip(beta2 * (1.0 + gain * error), beta_min, beta_max)
 
 
 def stage2_loss(seq_logprob_ae: jax.Array, kl_ae: jax.Array, rewards_ae: jax.Array, *,

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import sampling
+from score_jax import multihost, sampling
 from score_jax.model import ModelConfig, Params
 
 
@@ -246,7 +246,7 @@ def rollout_memory_bytes(config: ModelConfig, rc: RolloutConfig, num_prompts: in
                                                                           rc.max_new_tokens))
   width = episode_length(prompt_width, rc)
   buffers = episodes * width * (4 + 4 + 4 * rc.num_attempts)  # tokens, logprobs, masks.
-  logits = episodes * prompt_width * config.vocab_size * 4  # prefill's last-slot logits bound.
+  logits = episodes * config.vocab_size * 4  # fp32 logits of the last slot only (prefill, decode).
   return cache + buffers + logits
 
 
@@ -265,7 +265,8 @@ def pick_micro_batch(config: ModelConfig, rc: RolloutConfig, num_prompts: int,
 def attempt_texts(episodes: Episodes, decode: Callable[[list[int]], str],
                   stop_tokens: Sequence[int] = ()) -> list[list[str]]:
   """Decoded text of every attempt, [A][E], with the trailing stop token removed (host side)."""
-  tokens, lengths = jax.device_get((episodes.attempt_tokens, episodes.attempt_length))
+  # fetch: on several processes the episodes span hosts; every host gets all of them.
+  tokens, lengths = multihost.fetch((episodes.attempt_tokens, episodes.attempt_length))
   stops = set(int(t) for t in stop_tokens)
   texts = []
   for attempt_tokens, attempt_lengths in zip(tokens, lengths):

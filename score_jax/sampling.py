@@ -1,7 +1,16 @@
 """Autoregressive sampling with a fixed-size KV cache: prefill, then a jitted decode loop.
 
-The sampler runs the model's own `forward_hidden` / `logits_from_hidden`, so the
-log-probs it returns are the ones the trainer computes (soft-caps included).
+The sampler runs the model's own layer math (`transformer._block`, via
+`forward_hidden` for the prefill and `forward_hidden_unrolled` for the decode
+loop) and `logits_from_hidden`, so the log-probs it returns are the ones the
+trainer computes (soft-caps included).
+
+Decode: before the `while_loop`, the block weights are copied once into
+per-layer arrays with their contracted axes last (`transformer.decode_params`),
+the layers are unrolled in the step, and the KV cache holds one array per layer.
+In a loop over stacked [L, ...] weights, XLA's CPU backend re-slices and
+transposes every layer's weights for every token (see BENCHMARKS.md). Cost: one
+extra copy of the block weights while sampling, and compiles that grow with depth.
 
 Layout of one call to `sample` (B sequences, prompts left-padded to P tokens):
 
@@ -38,8 +47,10 @@ from score_jax import losses, sharding
 from score_jax.model import transformer
 from score_jax.model.config import ModelConfig
 
-# Logical axes of the cache arrays (see transformer.init_cache), for score_jax.sharding.
-CACHE_KV_AXES = ("layers", "batch", None, "kv_heads", None)
+# Logical axes of the cache arrays, for score_jax.sharding: one layer's keys or values
+# (decode loop) and the stacked [L, ...] prefill cache (transformer.init_cache).
+CACHE_KV_AXES = ("batch", None, "kv_heads", None)
+STACKED_CACHE_KV_AXES = ("layers",) + CACHE_KV_AXES
 CACHE_POS_AXES = ("batch", None)
 MIN_BUCKET = 16
 
@@ -132,16 +143,26 @@ def cache_length(prompt_width: int, max_new_tokens: int) -> int:
 
 def kv_cache_bytes(config: ModelConfig, batch_size: int, cache_len: int,
                    dtype: str | None = None) -> int:
-  """Bytes of the KV cache `transformer.init_cache` makes (keys, values and slot positions)."""
+  """Bytes of a `cache_len`-slot KV cache (keys and values of every layer, slot positions).
+
+  The prefill's prompt-sized cache also lives while it is copied into this one.
+  """
   itemsize = jnp.dtype(dtype or config.dtype).itemsize
   kv = 2 * config.num_layers * batch_size * cache_len * config.num_kv_heads * config.head_dim
   return kv * itemsize + batch_size * cache_len * jnp.dtype(jnp.int32).itemsize
 
 
 def _constrain_cache(cache: transformer.Cache) -> transformer.Cache:
-  """Batch over the data axes, KV heads over "tensor" (replicated where indivisible)."""
-  return {"k": sharding.constrain(cache["k"], CACHE_KV_AXES),
-          "v": sharding.constrain(cache["v"], CACHE_KV_AXES),
+  """Batch over the data axes, KV heads over "tensor" (replicated where indivisible).
+
+  Takes a stacked cache ([L, B, S, K, H] arrays) or a per-layer one (tuples of
+  [B, S, K, H]).
+  """
+  def kv(x):
+    if isinstance(x, tuple):
+      return tuple(sharding.constrain(layer, CACHE_KV_AXES) for layer in x)
+    return sharding.constrain(x, STACKED_CACHE_KV_AXES)
+  return {"k": kv(cache["k"]), "v": kv(cache["v"]),
           "pos": sharding.constrain(cache["pos"], CACHE_POS_AXES)}
 
 
@@ -236,12 +257,15 @@ def sample(config: ModelConfig, params: transformer.Params, prompt_tokens: jax.A
   offset_bp = jnp.arange(width, dtype=jnp.int32)[None, :] - (width - lengths_b)[:, None]
   positions_bp = jnp.where(offset_bp >= 0, offset_bp, -1)
 
-  # Prefill: the whole prompt in one forward; logits only at the last slot, which
-  # holds every prompt's final token thanks to the left padding.
-  cache = _constrain_cache(transformer.init_cache(config, batch, cache_length(width, max_new)))
-  hidden_bpd, cache = transformer.forward_hidden(config, params, tokens_bp, positions_bp,
-                                                 cache=cache, write_index=0)
+  # Prefill: the whole prompt in one (scanned, compute-bound) forward into a
+  # prompt-sized cache; logits only at the last slot, which holds every prompt's
+  # final token thanks to the left padding. Then the cache goes per layer, padded
+  # with empty slots for the generated tokens.
+  prompt_cache = _constrain_cache(transformer.init_cache(config, batch, width))
+  hidden_bpd, prompt_cache = transformer.forward_hidden(config, params, tokens_bp, positions_bp,
+                                                        cache=prompt_cache, write_index=0)
   logits_bv = transformer.logits_from_hidden(config, params, hidden_bpd[:, -1:])[:, 0]
+  cache = transformer.unstack_cache(_constrain_cache(prompt_cache), cache_length(width, max_new))
 
   state = _LoopState(
       step=jnp.zeros((), jnp.int32),
@@ -254,6 +278,9 @@ def sample(config: ModelConfig, params: transformer.Params, prompt_tokens: jax.A
       stopped_b=jnp.zeros((batch,), bool),
       lengths_b=jnp.zeros((batch,), jnp.int32))
   state = _record(state, logits_bv, rng, settings, limit_b)
+  if max_new == 1:  # Nothing to decode: skip the loop and its weight copies.
+    return _output(state)
+  dparams = transformer.decode_params(config, params)
 
   def not_finished(state: _LoopState) -> jax.Array:
     return (state.step < max_new) & ~jnp.all(state.done_b)
@@ -262,14 +289,17 @@ def sample(config: ModelConfig, params: transformer.Params, prompt_tokens: jax.A
     # Feed the token of column step - 1; finished rows get position -1, so the slot
     # they write stays masked.
     fed_positions_b = jnp.where(state.done_b, -1, lengths_b + state.step - 1)
-    hidden_b1d, cache = transformer.forward_hidden(
-        config, params, state.last_token_b[:, None], fed_positions_b[:, None],
+    hidden_b1d, cache = transformer.forward_hidden_unrolled(
+        config, dparams, state.last_token_b[:, None], fed_positions_b[:, None],
         cache=state.cache, write_index=width + state.step - 1)
-    logits_bv = transformer.logits_from_hidden(config, params, hidden_b1d)[:, 0]
+    logits_bv = transformer.logits_from_hidden(config, dparams, hidden_b1d)[:, 0]
     state = state._replace(cache=_constrain_cache(cache))
     return _record(state, logits_bv, rng, settings, limit_b)
 
-  state = jax.lax.while_loop(not_finished, decode_step, state)
+  return _output(jax.lax.while_loop(not_finished, decode_step, state))
+
+
+def _output(state: _LoopState) -> SampleOutput:
   return SampleOutput(tokens=state.tokens_bn, logprobs=state.logprobs_bn,
                       lengths=state.lengths_b, truncated=~state.stopped_b,
                       num_steps=state.step)

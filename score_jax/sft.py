@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from score_jax import losses, sharding
-from score_jax.model import ModelConfig, Params, logits
+from score_jax.model import ModelConfig, Params, forward_hidden
 
 TrainState = dict[str, Any]
 
@@ -67,16 +67,25 @@ def init_train_state(params: Params, optimizer: optax.GradientTransformation,
 
 
 def make_sft_step(config: ModelConfig, optimizer: optax.GradientTransformation,
-                  state: TrainState, mesh: jax.sharding.Mesh):
-  """A jitted `step(state, batch) -> (state, metrics)` with explicit shardings."""
+                  state: TrainState, mesh: jax.sharding.Mesh, logits_chunk: int = 128):
+  """A jitted `step(state, batch) -> (state, metrics)` with explicit shardings.
+
+  The loss never builds the [B, T, V] logits: they are computed `logits_chunk`
+  positions at a time (`losses.chunked_token_terms`; 0 = one block).
+  """
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   batch_shardings = {"tokens": sharding.batch_sharding(mesh, 2),
                      "loss_mask": sharding.batch_sharding(mesh, 2)}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   def loss_fn(params, batch):
-    logits_btv = logits(config, params, batch["tokens"])
-    return losses.sft_loss(logits_btv, batch["tokens"], batch["loss_mask"])
+    tokens_bt = batch["tokens"]
+    positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1], dtype=jnp.int32),
+                                    tokens_bt.shape)
+    h_btd, _ = forward_hidden(config, params, tokens_bt, positions_bt)
+    logprob_bt = losses.chunked_token_terms(config, params, h_btd, tokens_bt,
+                                            chunk=logits_chunk)["logprob"]
+    return -losses.masked_mean(logprob_bt, batch["loss_mask"])
 
   def step(state, batch):
     loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)

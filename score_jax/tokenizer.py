@@ -198,6 +198,86 @@ def load(path: str, *, chat_template: bool = True) -> Tokenizer:
     raise ValueError(f"{path}: {e}") from e
 
 
+def model_proto_from_vocab(pieces: Sequence[str], scores: Sequence[float],
+                           piece_types: Sequence[int], *, unk_id: int, bos_id: int, eos_id: int,
+                           pad_id: int, add_dummy_prefix: bool = False) -> bytes:
+  """A serialized sentencepiece BPE ModelProto for a vocabulary (as a GGUF file stores one).
+
+  `piece_types` use sentencepiece's numbering (1 normal, 2 unknown, 3 control, 4
+  user-defined, 5 unused, 6 byte), which GGUF copies. Gemma's normalisation:
+  identity, spaces kept and written as "▁", byte fallback when there are byte pieces.
+  """
+  from sentencepiece import sentencepiece_model_pb2 as pb  # pylint: disable=import-outside-toplevel
+  if not len(pieces) == len(scores) == len(piece_types):
+    raise ValueError(f"vocab lists differ in length: {len(pieces)} pieces, {len(scores)} scores, "
+                     f"{len(piece_types)} types.")
+  proto = pb.ModelProto()
+  for i, (piece, score, piece_type) in enumerate(zip(pieces, scores, piece_types)):
+    entry = proto.pieces.add()
+    # llama.cpp stores whitespace-run pieces with real spaces; sentencepiece matches "▁".
+    entry.piece = piece.replace(" ", "\u2581")
+    entry.score = float(score)
+    # GGUF files mark <unk> as control; sentencepiece needs exactly one UNKNOWN piece.
+    entry.type = pb.ModelProto.SentencePiece.UNKNOWN if i == unk_id else int(piece_type)
+  spec = proto.trainer_spec
+  spec.model_type = pb.TrainerSpec.BPE
+  spec.vocab_size = len(pieces)
+  spec.byte_fallback = any(t == pb.ModelProto.SentencePiece.BYTE for t in piece_types)
+  spec.split_digits = True
+  spec.allow_whitespace_only_pieces = True
+  for name, i in (("unk", unk_id), ("bos", bos_id), ("eos", eos_id), ("pad", pad_id)):
+    setattr(spec, f"{name}_id", i)
+    setattr(spec, f"{name}_piece", proto.pieces[i].piece if 0 <= i < len(pieces) else "")
+  norm = proto.normalizer_spec
+  norm.name = "identity"
+  norm.add_dummy_prefix = add_dummy_prefix
+  norm.remove_extra_whitespaces = False
+  norm.escape_whitespaces = True
+  return proto.SerializeToString()
+
+
+def from_gguf(source, *, chat_template: bool | None = None) -> Tokenizer:
+  """The sentencepiece tokenizer a GGUF file describes (its `tokenizer.ggml.*` fields).
+
+  `source` is a path or an open `gguf.GGUFReader` (`score_jax.model.gguf.open_gguf`).
+  `chat_template=None` uses Gemma's chat turns iff the file carries a chat template
+  (instruction-tuned models do; the base Gemma 3 270M does not).
+  """
+  try:
+    import gguf  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("reading GGUF files needs the `gguf` package: pip install gguf==0.19.0") from e
+  if isinstance(source, gguf.GGUFReader):
+    reader, path = source, source.data.filename
+  else:
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"GGUF file {path} not found.")
+    reader = gguf.GGUFReader(path)
+  fields = reader.fields
+  get = lambda key, default=None: fields[key].contents() if key in fields else default
+  kind = get("tokenizer.ggml.model")
+  if kind != "llama":
+    raise ValueError(f"{path}: GGUF tokenizer model is {kind!r}; only sentencepiece vocabularies "
+                     "('llama', as Gemma's) can be rebuilt as a sentencepiece model.")
+  pieces = get("tokenizer.ggml.tokens")
+  scores = get("tokenizer.ggml.scores", [0.0] * len(pieces))
+  types = get("tokenizer.ggml.token_type", [1] * len(pieces))
+  ids = {name: get(f"tokenizer.ggml.{name}_token_id", default)
+         for name, default in (("unknown", 3), ("bos", 2), ("eos", 1), ("padding", 0))}
+  model_proto = model_proto_from_vocab(
+      pieces, scores, types, unk_id=ids["unknown"], bos_id=ids["bos"], eos_id=ids["eos"],
+      pad_id=ids["padding"],
+      # llama.cpp's default for sentencepiece files without the key is to add the space.
+      add_dummy_prefix=bool(get("tokenizer.ggml.add_space_prefix", True)))
+  if chat_template is None:
+    chat_template = "tokenizer.chat_template" in fields
+  try:
+    return Tokenizer(model_proto, chat_template=chat_template)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from e
+
+
 def train_tokenizer(sentences: Iterable[str], vocab_size: int, *, model_type: str = "bpe",
                     chat_template: bool = True) -> Tokenizer:
   """Trains a small vocab with Gemma's conventions, in memory and deterministically.

@@ -24,8 +24,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import (checkpoint, eval as evaluation, metrics as metrics_lib, model, rollout,
-                       sft, sharding, tasks, tokenizer as tokenizer_lib, train_step)
+from score_jax import (checkpoint, eval as evaluation, metrics as metrics_lib, model, multihost,
+                       rollout, sft, sharding, tasks, tokenizer as tokenizer_lib, train_step)
+from score_jax.model import checkpoints, gemma_flax
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class Run:
   model_config: model.ModelConfig
   between_ids: tuple[int, ...]
   stop_tokens: tuple[int, ...]
+  # The pretrained base model (host arrays) when config.model.checkpoint names one.
+  base_params: model.Params | None = None
 
 
 def parse_schedule(schedule: str) -> list[tuple[str, int]]:
@@ -58,9 +61,15 @@ def parse_schedule(schedule: str) -> list[tuple[str, int]]:
 
 def _tokenizer(config, task: tasks.Task, workdir: str) -> tokenizer_lib.Tokenizer:
   if config.tokenizer.path:
-    return tokenizer_lib.load(config.tokenizer.path, chat_template=config.tokenizer.chat_template)
+    return tokenizer_lib.load(os.path.expanduser(config.tokenizer.path),
+                              chat_template=config.tokenizer.chat_template)
+  if config.model.get("checkpoint"):
+    raise ValueError("model.checkpoint is set but tokenizer.path is empty: a pretrained model "
+                     "needs its own tokenizer; set --config.tokenizer.path=<its tokenizer.model>.")
   path = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(path):  # trained by an earlier (possibly interrupted) run of this workdir.
+  exists = os.path.exists(path)
+  multihost.barrier("tokenizer")  # process 0 writes it below: only once every process looked.
+  if exists:  # trained by an earlier (possibly interrupted) run of this workdir.
     return tokenizer_lib.load(path, chat_template=config.tokenizer.chat_template)
   lines = [line for ex in task.train[:config.tokenizer.corpus_size]
            for line in (ex.prompt, ex.solution or "")]
@@ -77,11 +86,72 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   mesh = sharding.make_mesh(tuple(config.mesh_shape))
   task = tasks.make_task(config.task)
   tok = _tokenizer(config, task, workdir)
-  overrides = {k: v for k, v in config.model.items() if k != "preset"}
-  model_config = model.get_config(config.model.preset, vocab_size=tok.vocab_size, **overrides)
+  model_config, base_params = load_base_model(config, tok)
   return Run(config=config, workdir=workdir, mesh=mesh, task=task, tok=tok,
              model_config=model_config, between_ids=tuple(tok.next_turn_ids(task.instruction)),
-             stop_tokens=tuple(sorted({tok.model_turn_end_id, tok.eos_id})))
+             stop_tokens=tuple(sorted({tok.model_turn_end_id, tok.eos_id})),
+             base_params=base_params)
+
+
+# config.model keys that say where the model comes from (not ModelConfig fields).
+_MODEL_SOURCE_KEYS = ("preset", "checkpoint", "checkpoint_format")
+# ModelConfig fields a config may change on a loaded checkpoint (numerics, not architecture).
+_RUNTIME_FIELDS = ("dtype", "remat")
+
+
+def load_base_model(config: ml_collections.ConfigDict, tok: tokenizer_lib.Tokenizer
+                    ) -> tuple[model.ModelConfig, model.Params | None]:
+  """The architecture, and the pretrained params when config.model.checkpoint names them.
+
+  `checkpoint_format` "hf": a transformers directory (config.json + *.safetensors);
+  its config.json is the architecture, and config.model may only restate it (or
+  set dtype / remat). "gemma_flax": an official Gemma Flax (orbax) checkpoint of
+  the architecture config.model describes (preset + overrides). Without a
+  checkpoint the preset is initialised at random (vocab from the tokenizer) and
+  the warm-start trains it, which only makes sense for tiny models.
+  """
+  cfg = config.model
+  overrides = {k: v for k, v in cfg.items() if k not in _MODEL_SOURCE_KEYS}
+  path = os.path.expanduser(cfg.get("checkpoint") or "")
+  if not path:
+    if config.warmstart.steps <= 0:
+      raise ValueError(
+          "model.checkpoint is empty and warmstart.steps is 0, so there is no base model. Set "
+          "--config.model.checkpoint=<dir> (a transformers Gemma directory with config.json "
+          "and *.safetensors; or an official Gemma Flax checkpoint with "
+          "--config.model.checkpoint_format=gemma_flax) and --config.tokenizer.path=<its "
+          "tokenizer.model>; or set warmstart.steps > 0 to train a tiny base model from scratch.")
+    return model.get_config(cfg.preset, vocab_size=tok.vocab_size, **overrides), None
+  fmt = cfg.get("checkpoint_format", "hf")
+  if fmt == "hf":
+    fields = {f.name for f in dataclasses.fields(model.ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:  # before reading gigabytes.
+      raise ValueError(f"unknown model config key(s) {unknown}; ModelConfig fields: "
+                       f"{sorted(fields)}.")
+    model_config, params = checkpoints.load_hf(path, dtype=overrides.get("dtype", "float32"))
+    differ = {k: (v, getattr(model_config, k)) for k, v in overrides.items()
+              if k not in _RUNTIME_FIELDS and getattr(model_config, k) != (
+                  tuple(v) if isinstance(v, (list, tuple)) else v)}
+    if differ:
+      raise ValueError(f"config.model disagrees with {path}/config.json on "
+                       + ", ".join(f"{k} (config {a!r}, checkpoint {b!r})"
+                                   for k, (a, b) in differ.items())
+                       + "; drop these keys: the checkpoint defines the architecture.")
+    model_config = dataclasses.replace(
+        model_config, **{k: overrides[k] for k in _RUNTIME_FIELDS if k in overrides})
+  elif fmt == "gemma_flax":
+    model_config = model.get_config(cfg.preset, **overrides)
+    params = gemma_flax.load_gemma_flax(path, model_config)
+  else:
+    raise ValueError(f"model.checkpoint_format={fmt!r}: use 'hf' (transformers safetensors "
+                     "directory) or 'gemma_flax' (official Gemma Flax orbax checkpoint).")
+  if tok.vocab_size > model_config.vocab_size:
+    raise ValueError(f"the tokenizer has {tok.vocab_size} pieces but the model's embedding only "
+                     f"{model_config.vocab_size} rows; tokenizer.path must be the checkpoint's "
+                     "own tokenizer.model.")
+  log.info("base model %s (%s): %s params", path, fmt, f"{model_config.num_params():,}")
+  return model_config, params
 
 
 def prompt_ids(run: Run, example: tasks.Example) -> list[int]:
@@ -100,6 +170,36 @@ def _open_phase(run: Run, name: str, state: sft.TrainState):
     log.info("%s resumed at step %d", name, start)
   ckpt.install_signal_handlers()
   return ckpt, start, state, meta
+
+
+def _host_rows_of(run: Run, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+  """A batch every process knows in full -> global arrays from each process's own rows.
+
+  One process: the numpy batch unchanged (the step places it). Several: only the rows
+  this host's devices hold are transferred (jit refuses host arrays for shardings that
+  span processes).
+  """
+  if jax.process_count() == 1:
+    return batch
+  return {k: multihost.global_from_full(v, sharding.batch_sharding(run.mesh, v.ndim))
+          for k, v in batch.items()}
+
+
+def _save_or_stop(ckpt: checkpoint.Checkpointer, step: int, last: int, state: sft.TrainState,
+                  meta: dict[str, Any]) -> None:
+  """Saves when due; on a preemption seen by ANY process, every process saves, then exits.
+
+  The save is a collective (orbax multi-host), so the decision is agreed first and the
+  checkpointer's own (per-process, racy) preemption flag is not consulted.
+  """
+  stop = multihost.any_process(ckpt.preempted)
+  due = step == last or (ckpt.save_every > 0 and step % ckpt.save_every == 0)
+  if stop or due:
+    ckpt.save(step, state, meta, force=True)
+  if stop:
+    ckpt.wait()
+    phase = {"rl": "RL", "warmstart": "warm-start"}.get(meta["phase"], meta["phase"])
+    raise SystemExit(f"preempted during {phase}; saved step {step}")
 
 
 # --- supervised warm-start --------------------------------------------------------------------
@@ -136,7 +236,15 @@ def warmstart_examples(run: Run, step: int) -> list[sft.Segments]:
 def run_warmstart(run: Run, writer: metrics_lib.MetricWriter) -> model.Params:
   """The supervised phase (resumable); returns the base model params."""
   cfg = run.config.warmstart
-  params = model.init_params(run.model_config, jax.random.key(run.config.seed))
+  if cfg.steps <= 0:  # the pretrained checkpoint is the base model as it is.
+    return sharding.shard_params(run.base_params, run.mesh)
+  if any(ex.solution is None for ex in run.task.train):
+    raise ValueError(f"warmstart.steps={cfg.steps} but task {run.task.name!r} has no reference "
+                     "solutions to warm-start on; set warmstart.steps=0 and load a pretrained "
+                     "base model with model.checkpoint.")
+  params = run.base_params
+  if params is None:
+    params = model.init_params(run.model_config, jax.random.key(run.config.seed))
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
                                                 max(cfg.steps, cfg.warmup_steps + 1))
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
@@ -147,12 +255,10 @@ def run_warmstart(run: Run, writer: metrics_lib.MetricWriter) -> model.Params:
     for step in range(start, cfg.steps):
       batch = sft.pack_examples(warmstart_examples(run, step), cfg.seq_len, run.tok.pad_id,
                                 bucket=32)
-      state, m = step_fn(state, batch)
+      state, m = step_fn(state, _host_rows_of(run, batch))
       if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
         writer.write(step + 1, m, prefix="warmstart/")
-      ckpt.save(step + 1, state, {"phase": "warmstart"}, force=step + 1 == cfg.steps)
-      if ckpt.preempted:
-        raise SystemExit(f"preempted during warm-start; saved step {step + 1}")
+      _save_or_stop(ckpt, step + 1, cfg.steps, state, {"phase": "warmstart"})
   finally:
     ckpt.close()
   return state["params"]
@@ -172,12 +278,19 @@ def rollout_config(run: Run, *, greedy: bool = False) -> rollout.RolloutConfig:
       offline_first_fraction=0.0 if greedy else cfg.offline_first_fraction)
 
 
+# Stage I adaptive beta2 settings (train_step.ObjectiveConfig fields of the same names).
+_ADAPTIVE_BETA2_KEYS = ("adaptive_beta2", "beta2_target_ratio", "beta2_gain", "beta2_min",
+                        "beta2_max")
+
+
 def _objective(run: Run, name: str) -> train_step.ObjectiveConfig:
   cfg = run.config.rl
   return train_step.ObjectiveConfig(
       name=name, samples_per_prompt=cfg.samples_per_prompt, alpha=cfg.alpha, beta1=cfg.beta1,
       beta2=cfg.beta2, estimator=cfg.estimator, kl_estimator=cfg.kl_estimator,
-      micro_batches=cfg.micro_batches)
+      micro_batches=cfg.micro_batches, logits_chunk=cfg.get("logits_chunk", 128),
+      freeze_embedding=cfg.get("freeze_embedding", False),
+      **{k: cfg[k] for k in _ADAPTIVE_BETA2_KEYS if k in cfg})
 
 
 def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -186,28 +299,40 @@ def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], d
   rng = np.random.default_rng([run.config.seed, 11, step])
   chosen = [run.task.train[i] for i in rng.choice(len(run.task.train), cfg.prompts_per_step,
                                                     replace=False)]
-  prompts, lengths = tasks.batch_prompts([prompt_ids(run, ex) for ex in chosen], run.tok.pad_id)
+  prompts = _host_rows_of(run, dict(zip(("tokens", "lengths"), tasks.batch_prompts(
+      [prompt_ids(run, ex) for ex in chosen], run.tok.pad_id))))
   rc = rollout_config(run)
   t0 = time.perf_counter()
   with jax.set_mesh(run.mesh):  # batch over the data axes, heads over tensor.
     episodes = rollout.rollout_in_chunks(
-        run.model_config, params, prompts, lengths,
+        run.model_config, params, prompts["tokens"], prompts["lengths"],
         jax.random.fold_in(jax.random.key(run.config.seed), step), rc=rc,
         micro_batch=min(cfg.rollout_micro_batch, cfg.prompts_per_step), ref_params=ref_params)
-  texts = rollout.attempt_texts(episodes, run.tok.decode, rc.stop_tokens)
+  # Every process decodes and verifies only the episodes its devices hold; the rewards
+  # (tiny) are then gathered so all processes hold the same global batch and metrics.
+  num_episodes = cfg.prompts_per_step * cfg.samples_per_prompt
+  rows = multihost.host_rows(num_episodes, sharding.batch_sharding(run.mesh, 1))
+  tokens_ae, lengths_a, truncated = multihost.fetch(
+      (episodes.attempt_tokens, episodes.attempt_length, episodes.truncated))
+  texts = rollout.attempt_texts(
+      episodes._replace(attempt_tokens=tokens_ae[:, rows], attempt_length=lengths_a[:, rows]),
+      run.tok.decode, rc.stop_tokens)
   t1 = time.perf_counter()
-  golds = [chosen[i // cfg.samples_per_prompt].gold for i in range(len(texts[0]))]
-  rewards = np.array([[run.task.reward(t, g) for t, g in zip(attempt, golds)]
-                      for attempt in texts], np.float32)
+  golds = [chosen[i // cfg.samples_per_prompt].gold for i in range(rows.start, rows.stop)]
+  rewards = run.task.rewards([t for attempt in texts for t in attempt],  # one parallel batch
+                             golds * len(texts)).reshape(len(texts), -1)
   answers = [[run.task.answer(t) for t in attempt] for attempt in texts]
+  changed = np.array([a != b for a, b in zip(answers[0], answers[min(1, rc.num_attempts - 1)])],
+                     np.float32)  # as evaluation.changed_answer_rate: attempt 1 vs 2.
+  rewards = multihost.gather_rows(rewards, rows, num_episodes, axis=1)
+  changed = multihost.gather_rows(changed, rows, num_episodes)
   t2 = time.perf_counter()
   batch = {"tokens": episodes.tokens, "loss_mask": episodes.loss_mask, "rewards": rewards}
   m = evaluation.transition_metrics(rewards)
   group_std = rewards[-1].reshape(-1, cfg.samples_per_prompt).std(axis=1)
-  lengths_a = np.asarray(jax.device_get(episodes.attempt_length))
-  m.update(changed_answer_rate=evaluation.changed_answer_rate(answers),
+  m.update(changed_answer_rate=float(changed.mean()),
            zero_variance_groups=float(np.mean(group_std == 0)),
-           truncation_rate=float(np.asarray(jax.device_get(episodes.truncated)).mean()),
+           truncation_rate=float(truncated.mean()),
            response_length_1=float(lengths_a[0].mean()),
            response_length_2=float(lengths_a[-1].mean()),
            time_sample=t1 - t0, time_verify=t2 - t1,
@@ -224,8 +349,12 @@ def run_rl(run: Run, base_params: model.Params,
   ref_params = jax.tree.map(jnp.copy, sharding.shard_params(base_params, run.mesh))
   opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                     optax.adam(cfg.learning_rate, b1=cfg.adam_b1, b2=cfg.adam_b2))
-  ckpt, start, state, meta = _open_phase(run, "rl",
-                                         sft.init_train_state(base_params, opt, run.mesh))
+  if cfg.get("freeze_embedding", False):
+    opt = train_step.frozen_embedding_optimizer(opt)
+  initial = sft.init_train_state(base_params, opt, run.mesh)
+  if cfg.get("adaptive_beta2", False):  # the controller's beta2 is checkpointed with the state.
+    initial = train_step.add_beta2_state(initial, cfg.beta2, run.mesh)
+  ckpt, start, state, meta = _open_phase(run, "rl", initial)
   if start and meta.get("stage_schedule") != cfg.stage_schedule:
     raise ValueError(f"{ckpt.directory} was written with stage_schedule "
                      f"{meta.get('stage_schedule')!r}, not {cfg.stage_schedule!r}; use the same "
@@ -245,11 +374,8 @@ def run_rl(run: Run, base_params: model.Params,
       m.update(time_update=time.perf_counter() - t1, time_step=time.perf_counter() - t0,
                stage=stage_of[step])
       writer.write(step + 1, m, prefix="rl/")
-      ckpt.save(step + 1, state, {"phase": "rl", "stage": stage_of[step],
-                                  "stage_schedule": cfg.stage_schedule},
-                force=step + 1 == total)
-      if ckpt.preempted:
-        raise SystemExit(f"preempted during RL; saved step {step + 1}")
+      _save_or_stop(ckpt, step + 1, total, state, {"phase": "rl", "stage": stage_of[step],
+                                                   "stage_schedule": cfg.stage_schedule})
   finally:
     ckpt.close()
   return state["params"]
@@ -269,9 +395,33 @@ def evaluate_params(run: Run, params: model.Params) -> dict[str, Any]:
         answer_fn=run.task.answer, micro_batch=run.config.eval.batch_size)
 
 
+def _export_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+  """config.export.hf_dir, else <workdir>/export/hf; None when config.export.enabled is False."""
+  cfg = config.get("export") or ml_collections.ConfigDict()
+  if not cfg.get("enabled", True):
+    return None
+  return os.path.expanduser(cfg.get("hf_dir") or os.path.join(workdir, "export", "hf"))
+
+
+def export_hf(run: Run, params: model.Params, path: str) -> None:
+  """Writes the policy as a transformers checkpoint (config.json, model.safetensors) with the
+  run's tokenizer.model beside it. Every process gathers (a collective); process 0 writes."""
+  params = multihost.fetch(params)
+  if jax.process_index() == 0:
+    checkpoints.save_hf(run.model_config, params, path)
+    run.tok.save(os.path.join(path, "tokenizer.model"))
+    print(f"exported the policy to {path} (transformers format)", flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The main job: warm-start, SCoRe stages, evaluation of base vs trained policy."""
   start = time.time()
+  from score_jax import baselines  # it builds on this module (rl_batch, _open_phase).
+  method = config.get("method", "score")
+  if method != "score" and method not in baselines.METHODS:
+    raise ValueError(f"unknown method {method!r}: use 'score' (the rl.stage_schedule, which also "
+                     f"runs the RL baselines naive_r2 / naive_sum / single_turn) or one of "
+                     f"{baselines.METHODS}.")
   run = setup(config, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -281,11 +431,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"mesh {dict(run.mesh.shape)}; task {run.task.name}: {len(run.task.train)} train / "
         f"{len(run.task.eval)} eval problems", flush=True)
   base = run_warmstart(run, writer)
-  results = {"base": evaluate_params(run, base)}
-  print(evaluation.format_table({"base": results["base"]["metrics"]}), flush=True)
-  if parse_schedule(config.rl.stage_schedule):
-    trained = run_rl(run, base, writer)
-    results["score"] = evaluate_params(run, trained)
+  results = {}
+  if config.eval.get("base", True):  # off when an experiment evaluates the shared base once.
+    results["base"] = evaluate_params(run, base)
+  if config.eval.get("self_refine", False):  # prompting baseline of the base model (spec §6).
+    results["self_refine"] = baselines.evaluate_self_refine(run, base)
+  if results:
+    print(evaluation.format_table({k: r["metrics"] for k, r in results.items()}), flush=True)
+  final = base
+  if parse_schedule(config.rl.stage_schedule) or method != "score":
+    if method == "score":
+      final = run_rl(run, base, writer)
+    else:  # STaR / Pair-SFT on the RL schedule's budget of steps.
+      final = baselines.run_sft_baseline(run, base, writer, method)
+    results[method] = evaluate_params(run, final)
+  export_dir = _export_dir(config, workdir)
+  if export_dir:
+    export_hf(run, final, export_dir)
   table = evaluation.format_table({name: r["metrics"] for name, r in results.items()})
   if jax.process_index() == 0:  # one writer on a shared workdir.
     evaluation.write_report(results, os.path.join(workdir, "eval"))

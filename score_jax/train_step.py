@@ -12,6 +12,12 @@ episodes consecutive. A global batch larger than memory is split into
 `objective.micro_batches` contiguous chunks of whole prompt groups, whose
 gradients are accumulated (identical to the unsplit step: RLOO groups never
 straddle chunks, and the loss is a mean over equal-sized chunks).
+
+Log-probs and KL come from `losses.chunked_token_terms`: the [E, L, V] logits are
+never materialised, only `objective.logits_chunk` positions at a time.
+Optional: a frozen tied embedding (`freeze_embedding` + `frozen_embedding_optimizer`)
+and Stage I's adaptive beta2, whose value lives in the train state as
+`state["beta2"]` (`add_beta2_state`) so that a checkpoint resumes it exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from score_jax import losses, sharding
-from score_jax.model import ModelConfig, Params, logits
+from score_jax.model import ModelConfig, Params, forward_hidden, logits
 from score_jax.sft import TrainState
 
 OBJECTIVES = ("stage1", "stage2", "naive_r2", "naive_sum", "single_turn")
@@ -42,17 +48,56 @@ class ObjectiveConfig:
   estimator: str = "rloo"  # or "reinforce".
   kl_estimator: str = "exact"  # or "k1", "k3".
   micro_batches: int = 1
+  # Positions per logits block (memory ~ E x logits_chunk x V per model); 0 builds the full
+  # [E, L, V] logits (the unchunked reference path, for tests and benchmarks).
+  logits_chunk: int = 128
+  freeze_embedding: bool = False  # no gradient into the tied embedding (pair with
+  #                                 `frozen_embedding_optimizer` so it never moves).
+  # Stage I adaptive beta2 (`losses.adaptive_beta2`); the initial value is `beta2`.
+  adaptive_beta2: bool = False
+  beta2_target_ratio: float = 1.0
+  beta2_gain: float = 0.1
+  beta2_min: float = 1e-3
+  beta2_max: float = 10.0
 
   def __post_init__(self):
     if self.name not in OBJECTIVES:
       raise ValueError(f"unknown objective {self.name!r}; choose one of {OBJECTIVES}.")
     if self.kl_estimator not in ("exact", "k1", "k3"):
       raise ValueError(f"unknown kl_estimator {self.kl_estimator!r}; use exact, k1 or k3.")
+    if self.logits_chunk < 0:
+      raise ValueError(f"logits_chunk must be >= 0 (0 = no chunking), got {self.logits_chunk}.")
+    if not 0 < self.beta2_min <= self.beta2_max or self.beta2_gain < 0:
+      raise ValueError(f"adaptive beta2 needs 0 < beta2_min <= beta2_max and beta2_gain >= 0; "
+                       f"got {self.beta2_min}, {self.beta2_max}, {self.beta2_gain}.")
 
 
 def episode_terms(config: ModelConfig, params: Params, ref_params: Params, tokens_el: jax.Array,
-                  loss_mask_ael: jax.Array, kl_estimator: str) -> dict[str, jax.Array]:
-  """Per-attempt sequence log-probs and KL sums [A, E] from one forward of each model."""
+                  loss_mask_ael: jax.Array, kl_estimator: str,
+                  logits_chunk: int = 128) -> dict[str, jax.Array]:
+  """Per-attempt sequence log-probs and KL sums [A, E] from one forward of each model.
+
+  logits_chunk > 0: hidden states once per model, then logits block by block
+  (`losses.chunked_token_terms`); 0: the full-logits reference path.
+  """
+  if logits_chunk > 0:
+    positions_el = jnp.broadcast_to(jnp.arange(tokens_el.shape[1], dtype=jnp.int32),
+                                    tokens_el.shape)
+    h_eld, _ = forward_hidden(config, params, tokens_el, positions_el)
+    ref_h_eld, _ = forward_hidden(config, jax.lax.stop_gradient(ref_params), tokens_el,
+                                  positions_el)
+    terms = losses.chunked_token_terms(config, params, h_eld, tokens_el, chunk=logits_chunk,
+                                       ref_params=ref_params, ref_h_btd=ref_h_eld,
+                                       with_kl=kl_estimator == "exact")
+    logprob_el = terms["logprob"]
+    if kl_estimator == "exact":
+      kl_el = terms["kl"]
+    else:
+      estimate = losses.k1_kl if kl_estimator == "k1" else losses.k3_kl
+      kl_el = estimate(logprob_el, terms["ref_logprob"])
+    return {"seq_logprob": losses.per_attempt_sum(logprob_el, loss_mask_ael),
+            "kl": losses.per_attempt_sum(kl_el, loss_mask_ael),
+            "logprob_el": logprob_el}
   policy_logits = logits(config, params, tokens_el)
   ref_logits = jax.lax.stop_gradient(logits(config, ref_params, tokens_el))
   logprob_el = losses.next_token_logprobs(policy_logits, tokens_el)
@@ -68,12 +113,14 @@ def episode_terms(config: ModelConfig, params: Params, ref_params: Params, token
 
 
 def objective_loss(obj: ObjectiveConfig, seq_logprob_ae: jax.Array, kl_ae: jax.Array,
-                   rewards_ae: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The loss named by `obj.name` (see the spec §2 and §6)."""
+                   rewards_ae: jax.Array,
+                   beta2: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss named by `obj.name` (see the spec §2 and §6); `beta2` overrides obj.beta2."""
   k, est = obj.samples_per_prompt, obj.estimator
   if obj.name == "stage1":
     return losses.stage1_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,
-                              beta1=obj.beta1, beta2=obj.beta2, estimator=est)
+                              beta1=obj.beta1, beta2=obj.beta2 if beta2 is None else beta2,
+                              estimator=est)
   if obj.name == "stage2":
     return losses.stage2_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,
                               alpha=obj.alpha, beta1=obj.beta1, estimator=est)
@@ -90,6 +137,26 @@ def objective_loss(obj: ObjectiveConfig, seq_logprob_ae: jax.Array, kl_ae: jax.A
   return pg + obj.beta1 * kl1, {"pg_loss": pg, "kl_1": kl1}
 
 
+def frozen_embedding_optimizer(
+    optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`optimizer` on every parameter except the tied embedding, which gets zero updates.
+
+  The embedding also gets no optimizer state (no Adam moments: V x D x 2 floats
+  saved), and gradient clipping inside `optimizer` sees only the trained params.
+  """
+  def labels(params):
+    return {name: jax.tree.map(lambda _, n=name: "frozen" if n == "embedder" else "train", sub)
+            for name, sub in params.items()}
+
+  return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def add_beta2_state(state: TrainState, beta2: float, mesh: jax.sharding.Mesh) -> TrainState:
+  """Adds the adaptive beta2 (a replicated fp32 scalar) to an RL train state."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return {**state, "beta2": jax.device_put(jnp.asarray(beta2, jnp.float32), replicated)}
+
+
 def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
                  obj: ObjectiveConfig, state: TrainState, ref_params: Params,
                  mesh: jax.sharding.Mesh):
@@ -101,11 +168,18 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
                      "rewards": sharding.logical_sharding(mesh, (None, "batch"))}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   n = obj.micro_batches
+  adaptive = obj.adaptive_beta2 and obj.name == "stage1"
+  if adaptive and "beta2" not in state:
+    raise ValueError("adaptive_beta2 keeps beta2 in the train state: build the state with "
+                     "train_step.add_beta2_state(state, beta2, mesh).")
 
-  def loss_fn(params, ref_params, micro):
+  def loss_fn(params, ref_params, micro, beta2):
+    if obj.freeze_embedding:  # no [V, D] embedding gradient is even computed.
+      params = {**params, "embedder": jax.lax.stop_gradient(params["embedder"])}
     terms = episode_terms(config, params, ref_params, micro["tokens"], micro["loss_mask"],
-                          obj.kl_estimator)
-    loss, metrics = objective_loss(obj, terms["seq_logprob"], terms["kl"], micro["rewards"])
+                          obj.kl_estimator, obj.logits_chunk)
+    loss, metrics = objective_loss(obj, terms["seq_logprob"], terms["kl"], micro["rewards"],
+                                   beta2)
     num_tokens_a = jnp.sum(micro["loss_mask"], axis=-1)
     metrics.update(loss=loss, logprob_1=jnp.mean(terms["seq_logprob"][0]),
                    tokens_per_attempt=jnp.mean(num_tokens_a, axis=-1)[0])
@@ -125,9 +199,10 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
              "loss_mask": split(batch["loss_mask"], True),
              "rewards": split(batch["rewards"], True)}
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    beta2 = state["beta2"] if adaptive else None
 
     def accumulate(grads_acc, micro_batch):
-      (_, metrics), grads = grad_fn(state["params"], ref_params, micro_batch)
+      (_, metrics), grads = grad_fn(state["params"], ref_params, micro_batch, beta2)
       return jax.tree.map(jnp.add, grads_acc, grads), metrics
 
     zeros = jax.tree.map(jnp.zeros_like, state["params"])
@@ -137,7 +212,13 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+    new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    if adaptive:  # this step used state["beta2"]; the controller sets the next step's.
+      metrics["beta2"] = beta2
+      new_state["beta2"] = losses.adaptive_beta2(
+          beta2, metrics["kl_1"], metrics["pg_2_abs"], target_ratio=obj.beta2_target_ratio,
+          gain=obj.beta2_gain, beta_min=obj.beta2_min, beta_max=obj.beta2_max)
+    return new_state, metrics
 
   jitted = jax.jit(step, in_shardings=(state_shardings, ref_shardings, batch_shardings),
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
@@ -148,4 +229,10 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
     with jax.set_mesh(mesh):
       return jitted(state, ref_params, batch)
 
+  def lower(state, ref_params, batch):
+    # The same step lowered for (abstract) arguments: memory_plan measures its compiled size.
+    with jax.set_mesh(mesh):
+      return jitted.lower(state, ref_params, batch)
+
+  run.lower = lower
   return run

@@ -35,3 +35,76 @@ def test_bad_flags_name_the_problem():
   args = sampler.parse_args(["--prompt_len", "24", "--batches", "1", "--configs", "tiny"])
   with pytest.raises(ValueError, match="not a sampler bucket"):
     sampler.bench_case(sampler.CONFIGS["tiny"](), None, None, 1, args)
+
+
+# --- train-step MFU, FLOP count, SCoRe step breakdown (no torch needed) ------------------------
+
+from benchmarks import flops, score_step, train_step as train_step_bench  # noqa: E402
+
+
+@pytest.mark.parametrize("remat,length,chunk", [(False, 33, 8), (True, 32, 8), (False, 32, 0)])
+def test_analytic_flops_equal_the_traced_matmuls(remat, length, chunk):
+  """Oracle: every dot_general JAX traces for the step's loss and its gradient."""
+  import jax
+  import jax.numpy as jnp
+  from score_jax import model, train_step
+  config = model.get_config("tiny", remat=remat)
+  params = jax.eval_shape(lambda key: model.init_params(config, key), jax.random.key(0))
+  tokens = jax.ShapeDtypeStruct((4, length), jnp.int32)
+  mask = jax.ShapeDtypeStruct((2, 4, length), jnp.float32)
+
+  def loss(p, ref, t, m):
+    terms = train_step.episode_terms(config, p, ref, t, m, "exact", chunk)
+    return jnp.sum(terms["seq_logprob"]) + jnp.sum(terms["kl"])
+
+  count = flops.rl_step_flops(config, 4, length, chunk)
+  forward = flops.jaxpr_matmul_flops(jax.make_jaxpr(loss)(params, params, tokens, mask))
+  grad = flops.jaxpr_matmul_flops(jax.make_jaxpr(jax.grad(loss))(params, params, tokens, mask))
+  # Logits over L - 1 useful positions; the last block's padding (or, unchunked, the
+  # last position) is computed too.
+  exact = chunk and (length - 1) % chunk == 0
+  assert forward == pytest.approx(2 * (count.body_forward + count.logits_forward),
+                                  rel=1e-9 if exact else 0.05)
+  assert grad == count.hardware
+  assert count.model < count.hardware  # remat and padding are extra work.
+  if chunk == 0 and not remat:  # nothing rematerialised: only the last position's logits.
+    assert count.hardware - count.model == pytest.approx(4 * count.logits_forward / (length - 1))
+
+
+def test_train_step_quick_reports_mfu_without_recompiles(capsys):
+  (row,) = train_step_bench.main(["--quick", "--ab_split_gating"])
+  assert row["config"] == "tiny" and (row["episodes"], row["length"]) == (4, 32)
+  assert row["recompiles"] == 0  # the timed steps reuse one executable.
+  assert 0 < row["mfu"] <= row["hfu"] and row["peak_flops_s"] > 0
+  assert row["model_flops"] == flops.rl_step_flops(
+      train_step_bench.CONFIGS["tiny"](), 4, 32, 128).model
+  assert len(row["times_s"]["step"]) == 2
+  # The A/B variant (gate and up as two einsums) is the same function of the same params.
+  assert row["split_gating"]["loss"] == pytest.approx(row["loss"], rel=1e-5)
+  assert row["split_gating"]["step_s"] > 0
+  assert "| tiny | 0.1M | 4 x 32 |" in capsys.readouterr().out
+
+
+def test_score_step_quick_times_every_phase_on_both_meshes(tmp_path):
+  result = score_step.main(["--quick", "--out", str(tmp_path / "s.json")])
+  assert list(result["median_s"]) == ["1 device", "8 devices (8, 1, 1)"]
+  for med in result["median_s"].values():
+    assert all(med[k] >= 0 for k in score_step.PHASES) and med["update"] > 0
+    assert med["step"] == pytest.approx(sum(med[k] for k in score_step.PHASES[:4]))
+    assert med["tokens"] > 0
+  assert set(result["ratio_8_to_1"]) == {*score_step.PHASES, "step"}
+  # Same problems and keys on both meshes: the same episodes are sampled (mean lengths).
+  for step in range(len(result["times_s"]["1 device"])):
+    lengths = [times[step]["tokens"] for times in result["times_s"].values()]
+    assert lengths[0] == lengths[1]
+
+
+def test_benchmark_flags_name_the_problem():
+  with pytest.raises(SystemExit):
+    train_step_bench.parse_args(["--configs", "tiny,huge"])
+  with pytest.raises(SystemExit):
+    train_step_bench.parse_args(["--shape", "8by128"])
+  with pytest.raises(SystemExit):
+    score_step.parse_args(["--mesh", "4,1,1"])
+  with pytest.raises(SystemExit):
+    score_step.parse_args(["--prompts", "6", "--mesh", "4,2,1"])

@@ -40,3 +40,95 @@ def test_sft_loss_hand_computed():
   mask = np.array([[0.0, 0.0, 1.0]])
   assert float(losses.sft_loss(logits, tokens, mask)) == pytest.approx(np.log(4), abs=1e-6)
   assert float(losses.masked_mean(np.ones((1, 3)), np.zeros((1, 3)))) == 0.0
+
+
+# --- chunked log-probs / KL vs the full-logits oracle ----------------------------------------
+
+
+def _chunk_setup(preset, **overrides):
+  import jax
+  import jax.numpy as jnp
+
+  from score_jax import model
+  from tests.utils import random_params
+  config = model.get_config(preset, vocab_size=37, **overrides)
+  params, ref = random_params(config, 0, 3.0), random_params(config, 1, 3.0)
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, 37, (2, 13)), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(13, dtype=jnp.int32), tokens.shape)
+  return config, params, ref, tokens, positions
+
+
+@pytest.mark.parametrize("preset,overrides", [
+    ("tiny", {"final_logit_softcap": 2.0}),  # Gemma 2 layout, a soft-cap that binds.
+    ("tiny-gemma", {}),                      # Gemma 1: no soft-caps.
+])
+def test_chunked_token_terms_equal_full_logits_values_and_grads(preset, overrides):
+  import jax
+  import jax.numpy as jnp
+
+  from score_jax import model
+  config, params, ref, tokens, positions = _chunk_setup(preset, **overrides)
+  full_logits = model.logits(config, params, tokens)
+  if config.final_logit_softcap:  # the cap is active: logits sit near +-cap.
+    assert float(jnp.abs(full_logits).max()) > 0.9 * config.final_logit_softcap
+  weights = jnp.asarray(np.random.default_rng(3).normal(size=(3, 2, 13)), jnp.float32)
+
+  def oracle(p):
+    lg, ref_lg = model.logits(config, p, tokens), model.logits(config, ref, tokens)
+    return {"logprob": losses.next_token_logprobs(lg, tokens),
+            "ref_logprob": losses.next_token_logprobs(ref_lg, tokens),
+            "kl": losses.shift_to_targets(losses.exact_kl(lg, ref_lg))}
+
+  def chunked(p, chunk):
+    h, _ = model.forward_hidden(config, p, tokens, positions)
+    ref_h, _ = model.forward_hidden(config, ref, tokens, positions)
+    return losses.chunked_token_terms(config, p, h, tokens, chunk=chunk, ref_params=ref,
+                                      ref_h_btd=ref_h)
+
+  scalar = lambda terms: sum(jnp.sum(w * terms[k]) for w, k in zip(
+      weights, ("logprob", "ref_logprob", "kl")))
+  # 5 does not divide the 12 predicting positions; 0 is one block. Gradients: chunk 5 only.
+  # One jit (one compile) for the oracle and both chunkings.
+  want, want_grads, got_5, got_0, grads = jax.jit(lambda p: (
+      oracle(p), jax.grad(lambda q: scalar(oracle(q)))(p), chunked(p, 5), chunked(p, 0),
+      jax.grad(lambda q: scalar(chunked(q, 5)))(p)))(params)
+  for got in (got_5, got_0):
+    for key in want:
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    assert np.all(np.asarray(got["logprob"])[:, 0] == 0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-5 * np.abs(b).max()),
+               grads, want_grads)
+
+
+def test_chunked_token_terms_never_builds_full_logits():
+  import jax
+
+  from score_jax import model
+  config, params, _, tokens, positions = _chunk_setup("tiny")
+
+  def loss(p, chunk):
+    h, _ = model.forward_hidden(config, p, tokens, positions)
+    return losses.chunked_token_terms(config, p, h, tokens, chunk=chunk)["logprob"].sum()
+
+  def largest_vocab_array(chunk):
+    # Every intermediate of the forward and backward pass with a vocab axis (V = 37).
+    jaxpr = jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params, chunk)
+    sizes = []
+
+    def walk(jx):
+      for eqn in jx.eqns:
+        for v in eqn.outvars:
+          shape = getattr(v.aval, "shape", ())
+          if shape and shape[-1] == 37:
+            sizes.append(int(np.prod(shape)))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+          walk(sub)
+    walk(jaxpr.jaxpr)
+    return max(sizes)
+
+  assert largest_vocab_array(3) == 2 * 3 * 37  # one [B, C, V] block ...
+  assert largest_vocab_array(0) == 2 * 12 * 37  # ... vs [B, T-1, V] unchunked.
+  with pytest.raises(ValueError, match="ref_params and ref_h_btd"):
+    losses.chunked_token_terms(config, params, np.zeros((2, 13, 64), np.float32), tokens,
+                               chunk=4, ref_params=params)

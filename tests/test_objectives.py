@@ -110,3 +110,24 @@ def test_per_attempt_sum_and_target_shift():
   mask = np.array([[[0, 1, 1, 0, 0, 0]], [[0, 0, 0, 0, 1, 1]]], np.float32)
   np.testing.assert_array_equal(losses.per_attempt_sum(x, mask), [[3.0], [9.0]])
   np.testing.assert_array_equal(losses.shift_to_targets(x), [[0, 0, 1, 2, 3, 4]])
+
+
+def test_adaptive_beta2_controller_by_hand():
+  kw = dict(target_ratio=2.0, gain=0.1, beta_min=0.01, beta_max=1.0)
+  ctl = lambda beta2, kl1, m2, **over: float(losses.adaptive_beta2(beta2, kl1, m2,
+                                                                   **{**kw, **over}))
+  # rho = 0.1 * 3 / (2 * 0.5) = 0.3 -> e = 0.7 clipped to 0.2 -> 0.1 * (1 + 0.02).
+  assert ctl(0.1, 3.0, 0.5) == pytest.approx(0.102, rel=1e-6)
+  # rho = 0.1 * 11 / (2 * 0.5) = 1.1 -> e = -0.1 -> 0.1 * 0.99 (KL term too big: beta2 falls).
+  assert ctl(0.1, 11.0, 0.5) == pytest.approx(0.099, rel=1e-6)
+  # rho = 0.5 * 40 / 1 = 20 -> e = -0.2 (clipped) -> 0.5 * 0.98.
+  assert ctl(0.5, 40.0, 0.5) == pytest.approx(0.49, rel=1e-6)
+  assert ctl(0.1, 10.0, 0.5) == pytest.approx(0.1, rel=1e-6)  # balanced: rho = 1 holds
+  assert ctl(0.1, 0.0, 0.5) == pytest.approx(0.102, rel=1e-6)  # KL_1 = 0 (step 0): rises
+  assert ctl(0.1, 5.0, 0.0) == pytest.approx(0.1, rel=1e-6)    # no y2 signal: holds
+  assert ctl(1.0, 0.0, 0.5) == pytest.approx(1.0)              # clipped to beta_max ...
+  assert ctl(0.0101, 1e3, 0.5) == pytest.approx(0.01)          # ... and to beta_min
+  # The controller's input M2 = mean |A2 log pi(y2)| is a stage1_loss metric.
+  rewards = np.stack([R1, np.array([1.0, 0.0, 0.0, 1.0])])
+  _, m = losses.stage1_loss(SEQ_LP, KL, rewards, samples_per_prompt=2, beta1=0.01, beta2=0.1)
+  assert float(m["pg_2_abs"]) == pytest.approx(np.mean(np.abs([1, -1, -1, 1] * SEQ_LP[1])))

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from score_jax import model, sampling, sharding
+from score_jax.model import transformer
 from tests.utils import random_params
 
 # Left-padded together into one 32-token bucket; 25 is longer than the sliding
@@ -272,18 +273,52 @@ def test_sharded_greedy_equals_single_device(models, mesh_shape):
   # here), not a different computation.
   np.testing.assert_allclose(out.logprobs, single.logprobs, atol=1e-4)
 
-  # Each device holds its slice of the KV cache [L, B, S, K, H]: batch over
-  # data x fsdp, kv heads over tensor when it divides them (not for tensor=4).
+  # Each device holds its slice of every layer's decode cache [B, S, K, H] and of
+  # the stacked prefill cache [L, B, P, K, H]: batch over data x fsdp, kv heads
+  # over tensor when it divides them (not for tensor=4).
   data, fsdp, tensor = mesh_shape
-  cache_len = sampling.cache_length(tokens.shape[1], MAX_NEW)
-  heads = config.num_kv_heads
+  width = tokens.shape[1]
+  cache_len = sampling.cache_length(width, MAX_NEW)
+  heads, layers, head_dim = config.num_kv_heads, config.num_layers, config.head_dim
   local_heads = heads // tensor if heads % tensor == 0 else heads
-  layers, head_dim = config.num_layers, config.head_dim
-  local = f"f32[{layers},{len(prompts) // (data * fsdp)},{cache_len},{local_heads},{head_dim}]"
-  whole = f"f32[{layers},{len(prompts)},{cache_len},{heads},{head_dim}]"
+  local_batch = len(prompts) // (data * fsdp)
   hlo = compiled.as_text()
-  assert local in hlo and whole not in hlo
+  assert f"f32[{local_batch},{cache_len},{local_heads},{head_dim}]" in hlo
+  assert f"f32[{len(prompts)},{cache_len},{heads},{head_dim}]" not in hlo
+  assert f"f32[{layers},{local_batch},{width},{local_heads},{head_dim}]" in hlo
+  assert f"f32[{layers},{len(prompts)},{width},{heads},{head_dim}]" not in hlo
   assert out.tokens.sharding.shard_shape(out.tokens.shape)[0] == len(prompts) // (data * fsdp)
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma", "tiny", "tiny-gemma3"])
+def test_unrolled_decode_forward_equals_training_forward(models, name):
+  # The decode loop's forward (per-layer transposed weights, per-layer cache) against
+  # the cache-free training forward on the whole sequence: prefill 20 tokens (more
+  # than the tiny Gemma 3 window of 8), then feed 3 more one at a time.
+  config, params = models[name]
+  tokens_bt = jnp.asarray(np.random.default_rng(1).integers(1, config.vocab_size, (2, 23)),
+                          jnp.int32)
+  positions_bt = jnp.broadcast_to(jnp.arange(23, dtype=jnp.int32), tokens_bt.shape)
+  want_btd, _ = model.forward_hidden(config, params, tokens_bt, positions_bt)
+  dparams = transformer.decode_params(config, params)
+  assert dparams["layers"][0]["attn"]["q_einsum"]["w"].shape == (
+      config.num_heads, config.head_dim, config.d_model)
+  prompt_cache = model.init_cache(config, 2, 20)
+  _, prompt_cache = model.forward_hidden(config, params, tokens_bt[:, :20], positions_bt[:, :20],
+                                         cache=prompt_cache)
+  cache = transformer.unstack_cache(prompt_cache, 23)
+  assert len(cache["k"]) == config.num_layers and cache["k"][0].shape == (
+      2, 23, config.num_kv_heads, config.head_dim)
+  np.testing.assert_array_equal(cache["pos"][:, 20:], -1)
+  for t in range(20, 23):
+    got_b1d, cache = transformer.forward_hidden_unrolled(
+        config, dparams, tokens_bt[:, t:t + 1], positions_bt[:, t:t + 1], cache=cache,
+        write_index=t)
+    # Transposed weights change the fp32 summation order: round-off (~3e-5 on
+    # hidden values up to ~6 here), where a wrong layout or mask would be O(1).
+    np.testing.assert_allclose(got_b1d[:, 0], want_btd[:, t], atol=1e-4, rtol=1e-4)
+  with pytest.raises(ValueError, match="smaller than the cache"):
+    transformer.unstack_cache(prompt_cache, 19)
 
 
 def test_one_compile_per_bucket(models):
@@ -314,6 +349,8 @@ def test_kv_cache_bytes():
   assert sampling.kv_cache_bytes(config, 3, 10, "bfloat16") == 2 * 2 * 3 * 10 * 2 * 16 * 2 + 120
   cache = model.init_cache(config, 3, 10)
   assert sampling.kv_cache_bytes(config, 3, 10) == sum(x.nbytes for x in cache.values())
+  per_layer = jax.tree.leaves(transformer.unstack_cache(model.init_cache(config, 3, 4), 10))
+  assert sampling.kv_cache_bytes(config, 3, 10) == sum(x.nbytes for x in per_layer)
   assert sampling.cache_length(prompt_width=16, max_new_tokens=8) == 23
 
 

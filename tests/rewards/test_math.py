@@ -174,6 +174,14 @@ def test_is_equivalent(pred, gold, expected):
   assert math_reward.is_equivalent(pred, gold) is expected
 
 
+@pytest.mark.parametrize("pred, expected", [
+    ("x = 6, y = 5", True), ("y=5, x=6", True), ("x = 6.0, y = 5", True),
+    ("x = 5, y = 6", False),  # swapped values: a set comparison would accept it.
+    ("x = 6", False), ("x = 6, z = 5", False), ("6, 5", False)])
+def test_several_variables_compare_by_name(pred, expected):
+  assert math_reward.is_equivalent(pred, "x = 6, y = 5") is expected
+
+
 def test_case_table_is_large_and_balanced():
   outcomes = [expected for _, _, expected in EQUIVALENCE_CASES]
   assert len(outcomes) >= 60 and outcomes.count(True) >= 25 and outcomes.count(False) >= 25

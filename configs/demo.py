@@ -64,8 +64,12 @@ def get_config() -> ml_collections.ConfigDict:
   # base: also evaluate the base model (an experiment sharing one base turns it off);
   # self_refine: also evaluate the base model with generate -> feedback -> refine prompting
   # (instructions: score_jax/self_refine.py; empty = its defaults).
+  # num_attempts: greedy attempts per problem (0 = rl.num_attempts; more gives the N-attempt
+  # curve); scaling_budgets: sample budgets 2K for the compute-scaling study, e.g. (2, 4, 8).
   c.eval = ml_collections.ConfigDict(dict(batch_size=64, base=True, self_refine=False,
-                                          self_refine_feedback="", self_refine_refine=""))
+                                          self_refine_feedback="", self_refine_refine="",
+                                          num_attempts=0, scaling_budgets=(),
+                                          scaling_temperature=0.7))
   # The final policy as a transformers checkpoint (+ tokenizer.model); empty: <workdir>/export/hf.
   c.export = ml_collections.ConfigDict(dict(enabled=True, hf_dir=""))
   return c

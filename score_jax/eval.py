@@ -168,7 +168,21 @@ def _plot(results: dict[str, dict[str, Any]], path: str) -> None:
   import matplotlib.pyplot as plt
 
   names = list(results)
-  fig, axes = plt.subplots(1, len(names) + 1, figsize=(4 * (len(names) + 1), 3.5))
+  scaled = [name for name in names if "scaling" in results[name]]
+  panels = len(names) + 1 + bool(scaled)
+  fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.5))
+  if scaled:  # majority vote over 2K parallel samples vs K self-corrected ones (spec §5).
+    ax = axes[-1]
+    for name in scaled:
+      sc = results[name]["scaling"]
+      ax.plot(sc["budgets"], [100 * v for v in sc["parallel"]], "--o", label=f"{name} parallel")
+      ax.plot(sc["budgets"], [100 * v for v in sc["self_correct"]], "-o",
+              label=f"{name} self-correct")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("samples per problem (2K)")
+    ax.set_ylabel("majority-vote accuracy (%)")
+    ax.legend(fontsize=7)
+    axes = axes[:-1]
   for ax, name in zip(axes, names):
     c = np.asarray(results[name]["correct"])
     if c.shape[0] < 2:

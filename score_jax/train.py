@@ -385,14 +385,27 @@ def run_rl(run: Run, base_params: model.Params,
 
 
 def evaluate_params(run: Run, params: model.Params) -> dict[str, Any]:
+  """Greedy eval over eval.num_attempts attempts (N-attempt curve); plus, when
+  eval.scaling_budgets is set, the inference-compute scaling study (spec §5)."""
+  cfg = run.config.eval
   examples = run.task.eval
+  golds = [ex.gold for ex in examples]
   prompts, lengths = tasks.batch_prompts([prompt_ids(run, ex) for ex in examples],
                                          run.tok.pad_id)
+  attempts = cfg.get("num_attempts", 0) or run.config.rl.num_attempts
+  rc = dataclasses.replace(rollout_config(run, greedy=True), num_attempts=attempts)
+  kw = dict(decode=run.tok.decode, reward_fn=run.task.reward, answer_fn=run.task.answer,
+            micro_batch=cfg.batch_size)
   with jax.set_mesh(run.mesh):
-    return evaluation.evaluate(
-        run.model_config, params, prompts, lengths, [ex.gold for ex in examples],
-        rc=rollout_config(run, greedy=True), decode=run.tok.decode, reward_fn=run.task.reward,
-        answer_fn=run.task.answer, micro_batch=run.config.eval.batch_size)
+    result = evaluation.evaluate(run.model_config, params, prompts, lengths, golds, rc=rc, **kw)
+    budgets = tuple(cfg.get("scaling_budgets", ()))
+    if budgets:
+      sampled = dataclasses.replace(rollout_config(run), offline_first_fraction=0.0,
+                                    temperature=cfg.get("scaling_temperature", 0.7))
+      result["scaling"] = evaluation.compute_scaling(
+          run.model_config, params, prompts, lengths, golds, rc=sampled, budgets=budgets,
+          seed=run.config.seed, **kw)
+  return result
 
 
 def _export_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:

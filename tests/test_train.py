@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -120,3 +121,20 @@ def test_instruction_override():
   assert tasks.make_task(config.task).instruction.startswith("There might be an error")
   config.task.instruction = "Please check again."
   assert tasks.make_task(config.task).instruction == "Please check again."
+
+
+def test_evaluation_n_attempt_curve_and_compute_scaling(tmp_path):
+  config = small_config()
+  config.mesh_shape = (-1, 1, 1)
+  config.eval.num_attempts = 3
+  config.eval.scaling_budgets = (2, 4)
+  run = train.setup(config, str(tmp_path))
+  from score_jax import eval as evaluation, model
+  params = model.init_params(run.model_config, jax.random.key(0))
+  result = train.evaluate_params(run, params)
+  assert np.asarray(result["correct"]).shape == (3, config.task.num_eval)  # 3 greedy attempts
+  scaling = result["scaling"]
+  assert scaling["budgets"] == [2, 4]
+  assert all(0.0 <= v <= 1.0 for v in scaling["parallel"] + scaling["self_correct"])
+  evaluation.write_report({"base": result}, str(tmp_path / "eval"))
+  assert (tmp_path / "eval" / "eval.png").stat().st_size > 0

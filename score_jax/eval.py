@@ -50,6 +50,19 @@ def edit_distance_ratios(texts1: Sequence[str], texts2: Sequence[str]) -> np.nda
                    for a, b in zip(texts1, texts2)])
 
 
+def pad_to_micro_batches(prompts: np.ndarray, prompt_lengths: np.ndarray, micro_batch: int
+                         ) -> tuple[int, np.ndarray, np.ndarray]:
+  """(chunk size, prompts, lengths) padded with copies of the first problem to whole chunks;
+  callers drop the padded rows (the first n) after the rollout."""
+  n = prompts.shape[0]
+  size = min(micro_batch, n)
+  pad = (-n) % size
+  if pad:
+    prompts = np.concatenate([prompts, np.repeat(prompts[:1], pad, 0)])
+    prompt_lengths = np.concatenate([prompt_lengths, np.repeat(prompt_lengths[:1], pad)])
+  return size, prompts, prompt_lengths
+
+
 def evaluate(config: ModelConfig, params: Params, prompts: np.ndarray, prompt_lengths: np.ndarray,
              golds: Sequence[str], *, rc: rollout.RolloutConfig,
              decode: Callable[[list[int]], str], reward_fn: Callable[[str, str], float],
@@ -59,11 +72,7 @@ def evaluate(config: ModelConfig, params: Params, prompts: np.ndarray, prompt_le
     raise ValueError("evaluation is greedy with one sample per problem: use temperature=0 and "
                      "samples_per_prompt=1 in its RolloutConfig.")
   n = prompts.shape[0]
-  size = min(micro_batch, n)
-  pad = (-n) % size  # pad with copies of the first problem, dropped below.
-  if pad:
-    prompts = np.concatenate([prompts, np.repeat(prompts[:1], pad, 0)])
-    prompt_lengths = np.concatenate([prompt_lengths, np.repeat(prompt_lengths[:1], pad)])
+  size, prompts, prompt_lengths = pad_to_micro_batches(prompts, prompt_lengths, micro_batch)
   episodes = rollout.rollout_in_chunks(config, params, prompts, prompt_lengths,
                                        jax.random.key(0), rc=rc, micro_batch=size)
   texts = [t[:n] for t in rollout.attempt_texts(episodes, decode, rc.stop_tokens)]

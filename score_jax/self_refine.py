@@ -62,11 +62,8 @@ def evaluate(config: ModelConfig, params: Params, prompts: np.ndarray, prompt_le
     raise ValueError("self-refine evaluation is greedy with one sample per problem: use "
                      "temperature=0 and samples_per_prompt=1 in its RolloutConfig.")
   n = prompts.shape[0]
-  size = min(micro_batch, n)
-  pad = (-n) % size  # pad with copies of the first problem, dropped below.
-  if pad:
-    prompts = np.concatenate([prompts, np.repeat(prompts[:1], pad, 0)])
-    prompt_lengths = np.concatenate([prompt_lengths, np.repeat(prompt_lengths[:1], pad)])
+  size, prompts, prompt_lengths = evaluation.pad_to_micro_batches(prompts, prompt_lengths,
+                                                                  micro_batch)
   rc_feedback = dataclasses.replace(rc, num_attempts=2, instruction_ids=tuple(feedback_ids))
   first = rollout.rollout_in_chunks(config, params, prompts, prompt_lengths, jax.random.key(0),
                                     rc=rc_feedback, micro_batch=size)

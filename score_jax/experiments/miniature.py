@@ -24,11 +24,9 @@ import time
 from collections.abc import Sequence
 
 import ml_collections
-import numpy as np
 
-# method -> (config overrides, given the total number of RL updates n). The split of
-# SCoRe's budget between the stages follows configs/demo.py (one third Stage I).
 def method_overrides(method: str, n: int) -> dict[str, object]:
+  """Config overrides of a method for a budget of n RL updates (SCoRe: one third Stage I)."""
   s1 = n // 3
   table = {
       "score": {"rl.stage_schedule": f"stage1:{s1},stage2:{n - s1}"},
@@ -111,7 +109,7 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
 
 
 def main(argv) -> None:
-  from absl import app, flags  # noqa: F401  (flags parsed by app.run)
+  from absl import app
   from score_jax.experiments import summary
 
   if len(argv) > 1:

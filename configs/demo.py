@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Supervised warm-start that makes the base model (see train.warmstart_examples).
   c.warmstart = ml_collections.ConfigDict(dict(
       steps=500, batch_size=32, learning_rate=3e-3, warmup_steps=50, seq_len=160,
-      p_corrupt_context=0.5, p_second_repeats=0.7, log_every=50))
+      p_corrupt_context=0.5, p_second_repeats=0.7, train_wrong_first=False, log_every=50))
 
   # SCoRe (paper Table 5 values where they carry over: alpha, beta1, beta2, temperature).
   c.rl = ml_collections.ConfigDict(dict(

@@ -3,7 +3,8 @@
 The training loop and the evaluation see tasks only through this module, so a
 new data set (MATH, MBPP, reasoning-gym, ...) means a new `make_*` function here.
 
-Tasks: `synthetic` (the demo), `math` (MATH from local files, MATH500 held out;
+Tasks: `synthetic` (chains to evaluate), `missing_operand` (guess a chain's hidden
+first operand and check it: the demo and the miniature reproduction), `math` (MATH from local files, MATH500 held out;
 reward = the MATH verifier) and `mbpp` (MBPP from a local `mbpp.jsonl`; reward
 = the unit tests run in the code sandbox; evaluated on HumanEval by default, as
 in the paper). A code task's gold is a JSON string {"tests", "prefix"}: the
@@ -28,7 +29,7 @@ from collections.abc import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from score_jax.data import synthetic
+from score_jax.data import missing_operand, synthetic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,24 @@ def make_synthetic(cfg: ml_collections.ConfigDict) -> Task:
               eval=tuple(map(to_example, evals)),
               instruction=synthetic.SELF_CORRECTION_INSTRUCTION, reward=synthetic.reward,
               answer=synthetic.extract_answer, corrupt=corrupt)
+
+
+def make_missing_operand(cfg: ml_collections.ConfigDict) -> Task:
+  """Guess-and-check: find a chain's hidden first operand (score_jax.data.missing_operand)."""
+  train = missing_operand.make_problems(cfg.train_seed, cfg.num_train, cfg.difficulty)
+  evals = missing_operand.make_problems(cfg.eval_seed, cfg.num_eval, cfg.difficulty,
+                                        exclude={p.question for p in train})
+  to_example = lambda p: Example(id=p.id, prompt=p.question, gold=p.answer, solution=p.solution)
+  by_question = {p.question: p for p in (*train, *evals)}
+
+  def corrupt(example: Example, rng: np.random.Generator) -> str:
+    return missing_operand.wrong_attempt(by_question[example.prompt], rng)
+
+  return Task(name="missing_operand", train=tuple(map(to_example, train)),
+              eval=tuple(map(to_example, evals)),
+              instruction=missing_operand.SELF_CORRECTION_INSTRUCTION,
+              reward=missing_operand.reward, answer=missing_operand.extract_answer,
+              corrupt=corrupt)
 
 
 # --- local data sets ---------------------------------------------------------------------------
@@ -322,8 +341,8 @@ def make_champ(cfg: ml_collections.ConfigDict) -> Task:
               reward=reward, answer=math_reward.extract_answer, batch_reward=batch_reward)
 
 
-TASKS = {"synthetic": make_synthetic, "math": make_math, "mbpp": make_mbpp,
-         "reasoning_gym": make_reasoning_gym, "champ": make_champ}
+TASKS = {"synthetic": make_synthetic, "missing_operand": make_missing_operand, "math": make_math,
+         "mbpp": make_mbpp, "reasoning_gym": make_reasoning_gym, "champ": make_champ}
 
 
 def make_task(cfg: ml_collections.ConfigDict) -> Task:

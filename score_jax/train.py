@@ -25,8 +25,9 @@ import optax
 
 from score_jax import (checkpoint, eval as evaluation, metrics as metrics_lib, model, multihost,
                        rollout, sft, sharding, tasks, tokenizer as tokenizer_lib, train_step)
+from score_jax import base_model
 from score_jax.base_model import load_base_model
-from score_jax.model import checkpoints
+from score_jax.model import checkpoints, gguf as gguf_lib
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ def _tokenizer(config, task: tasks.Task, workdir: str) -> tokenizer_lib.Tokenize
   if config.tokenizer.path:
     return tokenizer_lib.load(os.path.expanduser(config.tokenizer.path),
                               chat_template=config.tokenizer.chat_template)
+  if config.model.get("checkpoint") and config.model.get("checkpoint_format") == "gguf":
+    # A GGUF file carries its vocabulary: the tokenizer is rebuilt from it.
+    return tokenizer_lib.from_gguf(
+        gguf_lib.open_gguf(base_model.gguf_source(os.path.expanduser(config.model.checkpoint))),
+        chat_template=config.tokenizer.chat_template)
   if config.model.get("checkpoint"):
     raise ValueError("model.checkpoint is set but tokenizer.path is empty: a pretrained model "
                      "needs its own tokenizer; set --config.tokenizer.path=<its tokenizer.model>.")
@@ -148,7 +154,8 @@ def warmstart_examples(run: Run, step: int) -> list[sft.Segments]:
   """Two-turn episodes for the base model: y1 = gold (trained); y2 repeats y1 or fixes it.
 
   With probability p_corrupt_context the y1 shown in the context is a corrupted
-  solution (not trained on); y2 then repeats the given y1 with probability
+  solution (trained on only if train_wrong_first: a base whose first attempts are
+  sometimes honestly wrong); y2 then repeats the given y1 with probability
   p_second_repeats and is the gold solution otherwise — so the base model mostly
   repeats itself, as real base models do, with a few corrections to learn from.
   """
@@ -162,7 +169,7 @@ def warmstart_examples(run: Run, step: int) -> list[sft.Segments]:
     segments = [(prompt_ids(run, ex), False)]
     if run.task.corrupt is not None and rng.random() < cfg.p_corrupt_context:
       y1 = run.tok.encode(run.task.corrupt(ex, rng)) + eot
-      segments.append((y1, False))
+      segments.append((y1, bool(cfg.train_wrong_first)))
     else:
       y1 = gold
       segments.append((y1, True))

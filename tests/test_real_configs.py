@@ -206,3 +206,29 @@ def test_load_base_model_reads_both_formats_and_refuses_a_mismatched_architectur
   config.model.update(checkpoint_format="safetensors")
   with pytest.raises(ValueError, match="checkpoint_format='safetensors'"):
     train.load_base_model(config, tok)
+
+
+def test_gemma3_270m_config_end_to_end_on_a_tiny_gguf(tmp_path):
+  """configs/gemma3_270m_arith.py with model.checkpoint = a tiny Gemma 3 GGUF (model + vocab)."""
+  pytest.importorskip("gguf")
+  pytest.importorskip("reasoning_gym")
+  from configs import gemma3_270m_arith  # pylint: disable=g-import-not-at-top
+  from score_jax.model import gguf as gguf_lib  # pylint: disable=g-import-not-at-top
+  config = gemma3_270m_arith.get_config()
+  config.task.update(num_train=8, num_eval=2)
+  task = tasks.make_task(config.task)
+  tok = tokenizer_lib.train_tokenizer(
+      [ex.prompt for ex in task.train + task.eval] + [task.instruction] * 20, vocab_size=400)
+  model_config = model.get_config("tiny-gemma3", vocab_size=tok.vocab_size, **_TINY)
+  gguf_lib.save_gguf(model_config, random_params(model_config, seed=0), tmp_path / "tiny.gguf",
+                     tokenizer=tok)
+  config.model.update(checkpoint=str(tmp_path / "tiny.gguf"), remat=False)
+  config.rl.update(stage_schedule="stage1:1,stage2:1", prompts_per_step=4, samples_per_prompt=2,
+                   max_new_tokens=6, rollout_micro_batch=4, micro_batches=1)
+  config.eval.batch_size = 2
+  workdir = tmp_path / "run"
+  results = train.train_and_evaluate(config, str(workdir))
+  assert set(results) == {"base", "score"}
+  assert [r["rl/stage"] for r in _rl_records(workdir)] == ["stage1", "stage2"]
+  exported_config, _ = checkpoints.load_hf(str(workdir / "export" / "hf"))
+  assert exported_config == model_config

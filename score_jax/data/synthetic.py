@@ -95,6 +95,10 @@ DIFFICULTIES: dict[str, Difficulty] = {
     # CPU minutes (the default demo).
     "single_digit": Difficulty(min_terms=2, max_terms=3, min_operand=1, max_operand=9,
                                max_value=19),
+    # Three or four single-digit terms: hiding the first (data/missing_operand.py) makes a
+    # guess that a tiny model gets right about half the time.
+    "single_digit_long": Difficulty(min_terms=3, max_terms=4, min_operand=1, max_operand=9,
+                                    max_value=19),
     "easy": Difficulty(min_terms=2, max_terms=3, min_operand=1, max_operand=30, max_value=50),
     "medium": Difficulty(min_terms=3, max_terms=4, min_operand=10, max_operand=99),
     "hard": Difficulty(min_terms=4, max_terms=5, min_operand=10, max_operand=99),

@@ -6,10 +6,12 @@ sentencepiece model a tiny file was written from, and transformers' GGUF
 tokenizer for the real vocabulary.
 """
 
+import dataclasses
 import importlib.util
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -287,3 +289,24 @@ def test_real_greedy_generation_is_token_identical(real):
                         pad_token_id=tok.pad_id)
     assert got == out[0, len(prompt):].tolist(), tok.decode(prompt)
   assert sum(len(g) for g in ours) > 48  # Mostly full 32-token continuations.
+
+
+def test_a_run_takes_its_base_model_and_tokenizer_from_a_gguf_file(tiny_file, tmp_path):
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from score_jax import train  # pylint: disable=g-import-not-at-top
+  config_, params, tok, path = tiny_file
+  config = demo.get_config()
+  config.warmstart.steps = 0
+  config.tokenizer.chat_template = False
+  # The file defines the architecture: config.model names it and may only set numerics.
+  config.model = ml_collections.ConfigDict(dict(checkpoint=path, checkpoint_format="gguf",
+                                                remat=True))
+  run = train.setup(config, str(tmp_path))
+  assert run.model_config == dataclasses.replace(config_, remat=True)
+  assert run.tok.encode(CORPUS[0]) == tok.encode(CORPUS[0]) and not run.tok.chat_template
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=0),
+               run.base_params, params)
+  assert not os.path.exists(tmp_path / "tokenizer.model")  # nothing trained on the task.
+  config.model.num_layers = 3
+  with pytest.raises(ValueError, match=r"num_layers \(config 3, checkpoint 6\)"):
+    train.setup(config, str(tmp_path))

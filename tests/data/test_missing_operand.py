@@ -1,0 +1,80 @@
+"""The guess-and-check task: problems, gold and wrong attempts, checked by brute force."""
+
+import re
+
+import numpy as np
+import pytest
+
+from score_jax.data import missing_operand, synthetic
+
+_STEP = re.compile(r"(\d+)([+-])(\d+)=(-?\d+)")
+
+
+def brute_force_operand(question: str) -> list[int]:
+  """Every first operand in 0..200 whose chain, read from the text, ends at the target."""
+  body, target = question.split("=")
+  terms = [(op, int(x)) for op, x in re.findall(r"([+-])(\d+)", body)]
+  hits = []
+  for guess in range(201):
+    value = guess
+    for op, x in terms:
+      value = value + x if op == "+" else value - x
+    if value == int(target):
+      hits.append(guess)
+  return hits
+
+
+def read_attempt(text: str) -> tuple[int, list[tuple[int, str, int, int]], int]:
+  head, rest = text.split(": ", 1)
+  body, answer = rest.split(". Answer: ")
+  steps = [tuple(int(g) if g.lstrip("-").isdigit() else g for g in _STEP.fullmatch(s).groups())
+           for s in body.split(", ")]
+  return int(head.removeprefix("Try ")), steps, int(answer)
+
+
+def test_answer_is_the_unique_operand_and_the_gold_solution_checks_out():
+  problems = missing_operand.make_problems(3, 200, "single_digit_long")
+  assert len({p.question for p in problems}) == 200
+  for p in problems:
+    assert brute_force_operand(p.question) == [int(p.answer)]
+    assert missing_operand.solve(p.question) == int(p.answer)
+    assert missing_operand.reward(p.solution, p.answer) == 1.0
+    guess, steps, answer = read_attempt(p.solution)
+    assert guess == answer == int(p.answer)
+    assert 3 <= len(steps) + 1 <= 4  # single_digit_long: 3 or 4 terms
+    value = guess
+    for a, op, b, c in steps:
+      assert a == value and c == (a + b if op == "+" else a - b)
+      value = c
+    assert value == int(p.question.split("=")[1])
+
+
+def test_wrong_attempt_is_honest_near_and_wrong():
+  rng = np.random.default_rng(0)
+  for p in missing_operand.make_problems(4, 100, "single_digit"):
+    text = missing_operand.wrong_attempt(p, rng)
+    guess, steps, answer = read_attempt(text)
+    assert guess == answer and 1 <= abs(guess - int(p.answer)) <= 3
+    assert missing_operand.reward(text, p.answer) == 0.0
+    value = guess
+    for a, op, b, c in steps:  # computed with the wrong guess, every value non-negative.
+      assert a == value and c == (a + b if op == "+" else a - b) and c >= 0
+      value = c
+    # The chain misses the target by exactly the guess's error: what attempt 2 can read.
+    assert value - int(p.question.split("=")[1]) == guess - int(p.answer)
+
+
+def test_problems_are_the_synthetic_chains_and_exclude_is_respected():
+  chains = synthetic.make_problems(5, 30, "single_digit")
+  hidden = missing_operand.make_problems(5, 30, "single_digit")
+  for c, h in zip(chains, hidden):
+    assert missing_operand._chain_of(h.question) == c.question
+    assert h.answer == str(synthetic.parse_question(c.question)[0])
+  held_out = missing_operand.make_problems(6, 50, "single_digit",
+                                           exclude={p.question for p in hidden})
+  assert not {p.question for p in held_out} & {p.question for p in hidden}
+
+
+def test_bad_question_names_the_expected_form():
+  with pytest.raises(ValueError, match=r"\?\+7-4=12"):
+    missing_operand.parse_question("9+7-4=?")

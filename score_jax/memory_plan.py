@@ -348,7 +348,7 @@ def plan(config: ModelConfig, mesh_shape: Sequence[int], *, prompts_per_step: in
       config, mesh, freeze_embedding=freeze_embedding, hoisted_stacks=hoisted_stacks)
   # The last attempt's prefill: its prompt-sized cache (alive while copied into the decode
   # cache) and the attention scores of one layer, [B, N, P, P] fp32.
-  width = sampling.bucket_length(length - max_new_tokens)
+  width = rollout.context_width(length - max_new_tokens)
   terms = {
       "params": param_bytes,
       "optimizer": opt_bytes,

@@ -134,6 +134,16 @@ def left_align(values: jax.Array, lengths: jax.Array, pad_value=0) -> jax.Array:
   return jnp.where(src < width, gathered, pad_value)
 
 
+_CONTEXT_MULTIPLE = 64
+
+
+def context_width(length: int) -> int:
+  """Padded width of an attempt's context: the sampler's power-of-two bucket, or the next
+  multiple of 64 when smaller (the width is static inside `rollout`, so one compile either
+  way; attempt 2's context of e.g. 146 tokens pads to 192, not 256)."""
+  return min(sampling.bucket_length(length), -(-length // _CONTEXT_MULTIPLE) * _CONTEXT_MULTIPLE)
+
+
 def episode_length(prompt_width: int, rc: RolloutConfig) -> int:
   """Buffer length L for prompts of `prompt_width` tokens."""
   between = len(rc.instruction_ids) + (rc.turn_end_id is not None)
@@ -142,7 +152,7 @@ def episode_length(prompt_width: int, rc: RolloutConfig) -> int:
 
 def _sample_attempt(config, params, ref_params, context, context_len, rng, rc, num_offline):
   """Samples one attempt for every episode; the first `num_offline` rows from ref_params."""
-  width = sampling.bucket_length(context.shape[1])
+  width = context_width(context.shape[1])
   context = jnp.pad(context, ((0, 0), (0, width - context.shape[1])), constant_values=rc.pad_id)
   prompt = right_align(context, context_len, rc.pad_id)
   settings = rc.sampling_config()
@@ -241,7 +251,7 @@ def rollout_memory_bytes(config: ModelConfig, rc: RolloutConfig, num_prompts: in
                          prompt_width: int) -> int:
   """Device bytes of one rollout call: the largest attempt's KV cache plus the episode buffers."""
   episodes = num_prompts * rc.samples_per_prompt
-  last_context = sampling.bucket_length(episode_length(prompt_width, rc) - rc.max_new_tokens)
+  last_context = context_width(episode_length(prompt_width, rc) - rc.max_new_tokens)
   cache = sampling.kv_cache_bytes(config, episodes, sampling.cache_length(last_context,
                                                                           rc.max_new_tokens))
   width = episode_length(prompt_width, rc)

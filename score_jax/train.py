@@ -239,6 +239,14 @@ def _objective(run: Run, name: str) -> train_step.ObjectiveConfig:
       **{k: cfg[k] for k in _ADAPTIVE_BETA2_KEYS if k in cfg})
 
 
+UPDATE_WIDTH_MULTIPLE = 32
+
+
+def trimmed_width(longest: int, buffer: int, multiple: int = UPDATE_WIDTH_MULTIPLE) -> int:
+  """Sequence length the update sees: `longest` rounded up to `multiple`, at most `buffer`."""
+  return min(buffer, -(-longest // multiple) * multiple)
+
+
 def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
   """Samples and verifies the episodes of RL step `step`: (train batch, metrics)."""
   cfg = run.config.rl
@@ -258,8 +266,8 @@ def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], d
   # (tiny) are then gathered so all processes hold the same global batch and metrics.
   num_episodes = cfg.prompts_per_step * cfg.samples_per_prompt
   rows = multihost.host_rows(num_episodes, sharding.batch_sharding(run.mesh, 1))
-  tokens_ae, lengths_a, truncated = multihost.fetch(
-      (episodes.attempt_tokens, episodes.attempt_length, episodes.truncated))
+  tokens_ae, lengths_a, truncated, episode_lengths = multihost.fetch(
+      (episodes.attempt_tokens, episodes.attempt_length, episodes.truncated, episodes.length))
   texts = rollout.attempt_texts(
       episodes._replace(attempt_tokens=tokens_ae[:, rows], attempt_length=lengths_a[:, rows]),
       run.tok.decode, rc.stop_tokens)
@@ -273,7 +281,12 @@ def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], d
   rewards = multihost.gather_rows(rewards, rows, num_episodes, axis=1)
   changed = multihost.gather_rows(changed, rows, num_episodes)
   t2 = time.perf_counter()
-  batch = {"tokens": episodes.tokens, "loss_mask": episodes.loss_mask, "rewards": rewards}
+  # The update runs on the episodes cut after the longest one (rounded up to a multiple of
+  # UPDATE_WIDTH_MULTIPLE), not on the rollout's worst-case buffer: a few compiled widths,
+  # ~25% less update compute at the demo's size (BENCHMARKS.md, torch_score_step).
+  width = trimmed_width(int(episode_lengths.max()), episodes.tokens.shape[1])
+  batch = {"tokens": episodes.tokens[:, :width], "loss_mask": episodes.loss_mask[..., :width],
+           "rewards": rewards}
   m = evaluation.transition_metrics(rewards)
   group_std = rewards[-1].reshape(-1, cfg.samples_per_prompt).std(axis=1)
   m.update(changed_answer_rate=float(changed.mean()),

@@ -138,3 +138,12 @@ def test_evaluation_n_attempt_curve_and_compute_scaling(tmp_path):
   assert all(0.0 <= v <= 1.0 for v in scaling["parallel"] + scaling["self_correct"])
   evaluation.write_report({"base": result}, str(tmp_path / "eval"))
   assert (tmp_path / "eval" / "eval.png").stat().st_size > 0
+
+
+def test_update_width_is_the_longest_episode_rounded_up_within_the_buffer():
+  assert train.trimmed_width(97, 194) == 128
+  assert train.trimmed_width(128, 194) == 128
+  assert train.trimmed_width(129, 194) == 160
+  assert train.trimmed_width(190, 194) == 192
+  assert train.trimmed_width(193, 194) == 194  # never wider than the rollout's buffer.
+  assert train.trimmed_width(5, 194, multiple=8) == 8

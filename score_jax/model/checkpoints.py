@@ -105,6 +105,10 @@ def config_from_hf(hf: Mapping[str, Any], dtype: str = "float32") -> ModelConfig
       rope_scale_global=scale_global, norm_eps=hf.get("rms_norm_eps", 1e-6), dtype=dtype)
 
 
+def _int_if_whole(x: float | int) -> float | int:
+  return int(x) if float(x).is_integer() else x
+
+
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
   """A transformers 5.x config.json dict for `config`."""
   arch, model_type = _ARCH_BY_FAMILY[config.family]
@@ -127,7 +131,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
       "layer_types": ["sliding_attention" if t == "local" else "full_attention"
                       for t in config.layer_types],
       "sliding_window": config.sliding_window or 4096,
-      "query_pre_attn_scalar": config.query_pre_attn_scalar or config.head_dim,
+      # transformers types it as int and refuses 32.0 (our configs may say 32.0).
+      "query_pre_attn_scalar": _int_if_whole(config.query_pre_attn_scalar or config.head_dim),
       "attn_logit_softcapping": config.attn_logit_softcap,
       "final_logit_softcapping": config.final_logit_softcap,
   })

@@ -152,3 +152,18 @@ def test_load_hf_errors(hf_checkpoint, tmp_path):
   config, _ = checkpoints.load_hf(path)
   with pytest.raises(ValueError, match="missing tensor 'layers.0.self_attn.q_proj.weight'"):
     checkpoints.params_from_hf_tensors(config, {"embed_tokens.weight": np.zeros(1)})
+
+
+def test_a_float_query_scalar_exports_as_transformers_int(tmp_path):
+  """configs/demo.py says query_pre_attn_scalar=32.0; transformers' config refuses a float."""
+  config = model.get_config("tiny", vocab_size=64, d_model=32, num_layers=2, num_heads=2,
+                            num_kv_heads=1, head_dim=16, ffw_hidden=64, query_pre_attn_scalar=16.0)
+  params = model.init_params(config, jax.random.key(3))
+  checkpoints.save_hf(config, params, str(tmp_path))
+  with open(tmp_path / "config.json") as f:
+    assert type(json.load(f)["query_pre_attn_scalar"]) is int
+  hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path),
+                                                         attn_implementation="eager").float()
+  tokens = _tokens(config.vocab_size)
+  np.testing.assert_allclose(np.asarray(model.logits(config, params, tokens)),
+                             _hf_logits(hf.eval(), tokens), atol=1e-4, rtol=0)

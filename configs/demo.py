@@ -1,7 +1,15 @@
-"""The embedded default: a tiny Gemma-2-style model on the synthetic arithmetic task, on CPU.
+"""The embedded default: a tiny Gemma-2-style model on the guess-and-check arithmetic task, on CPU.
 
   python -m score_jax.main --config=configs/demo.py --workdir=runs/demo \
       --config.rl.stage_schedule=stage1:20,stage2:40 --config.model.d_model=96
+
+The task (score_jax/data/missing_operand.py): find the hidden first operand of a
+chain such as "?+7-4=12"; a response guesses, evaluates the chain with the guess and
+checks it against the target ("Try 8: 8+7=15, 15-4=11, 11-12=-1. Answer: 8"). The
+warm-start makes a base model that guesses right ~20% of the time and mostly repeats
+itself when asked to correct (a few of its warm-start second attempts fix the first,
+so wrong→right flips exist to be learned); SCoRe then teaches the second attempt to
+use the check. `--config.task.name=synthetic` runs the plain chains instead.
 
 Every value below can be overridden from the command line as --config.<path>=<value>.
 """
@@ -28,18 +36,22 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.task = ml_collections.ConfigDict(dict(
       # single_digit has 1,905 distinct problems: 1,500 train, 256 held out for evaluation.
-      name="synthetic", difficulty="single_digit", train_seed=1, eval_seed=2, num_train=1500,
+      name="missing_operand", difficulty="single_digit", train_seed=1, eval_seed=2,
+      num_train=1500,
       num_eval=256,
       instruction=""))  # the self-correction instruction; empty = the task's own.
 
   # Supervised warm-start that makes the base model (see train.warmstart_examples).
+  # Tuned so that the base model's Acc@t1 is ~20% and it rarely changes its answer
+  # (RESULTS.md): its first attempts are honest guesses, wrong ones included
+  # (train_wrong_first); its second attempts repeat a wrong first one 60% of the time.
   c.warmstart = ml_collections.ConfigDict(dict(
-      steps=500, batch_size=32, learning_rate=3e-3, warmup_steps=50, seq_len=160,
-      p_corrupt_context=0.5, p_second_repeats=0.7, train_wrong_first=False, log_every=50))
+      steps=800, batch_size=32, learning_rate=3e-3, warmup_steps=50, seq_len=160,
+      p_corrupt_context=0.4, p_second_repeats=0.6, train_wrong_first=True, log_every=50))
 
   # SCoRe (paper Table 5 values where they carry over: alpha, beta1, beta2, temperature).
   c.rl = ml_collections.ConfigDict(dict(
-      stage_schedule="stage1:20,stage2:40", prompts_per_step=16, samples_per_prompt=4,
+      stage_schedule="stage1:20,stage2:50", prompts_per_step=16, samples_per_prompt=4,
       num_attempts=2, max_new_tokens=48, temperature=1.0, learning_rate=1e-4, adam_b1=0.9,
       adam_b2=0.999, grad_clip=1.0, alpha=10.0, beta1=0.01, beta2=0.1, estimator="rloo",
       kl_estimator="exact", micro_batches=1, rollout_micro_batch=16,

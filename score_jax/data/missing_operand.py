@@ -5,8 +5,11 @@ of a `synthetic` chain; a solution guesses it, then evaluates the chain with the
 guess, step by step, then answers with the guess:
 
   question: ?+7-4=12
-  solution: Try 9: 9+7=16, 16-4=12. Answer: 9
-  a wrong first attempt: Try 8: 8+7=15, 15-4=11. Answer: 8
+  solution: Try 9: 9+7=16, 16-4=12, 12-12=0. Answer: 9
+  a wrong first attempt: Try 8: 8+7=15, 15-4=11, 11-12=-1. Answer: 8
+
+The last step is the check: the chain's value minus the target, 0 exactly when
+the guess is right.
 
 Why this task for self-correction at toy scale. On the plain chains of
 `synthetic`, a tiny model's second attempt can only redo the same computation
@@ -14,10 +17,10 @@ with the same weights, so a greedy second attempt has nothing the first lacked.
 Here the two attempts differ in difficulty the way the paper's do: the guess of
 attempt 1 has to invert the chain in one step (no scratchpad before the guess),
 but a checked wrong attempt tells attempt 2 exactly how far off it was (the
-chain ended at 11, not 12, and the chain is the guess plus a constant), so
-correcting is one addition: 8 + (12 - 11). Nothing in the instruction says
+chain ended at 11, not 12, and the chain is the guess plus a constant). Nothing in the instruction says
 whether attempt 1 was right; the model must compare the chain's last value with
-the question's target itself. The reward checks only the answer, so a
+the question's target itself; the check step spells that comparison out, so the
+correction is one subtraction: 8 - (-1). The reward checks only the answer, so a
 right answer after an inconsistent check still scores 1, as on MATH.
 """
 
@@ -68,12 +71,14 @@ def _run_chain(first: int, steps: list[tuple[str, int]]) -> list[int]:
 
 
 def attempt(question: str, guess: int) -> str:
-  """The response that tries `guess`: the chain evaluated honestly with it, then the guess."""
-  steps, _ = parse_question(question)
+  """The response that tries `guess`: the chain evaluated honestly with it, the check step
+  (chain value minus target: 0 iff the guess is right), then the guess."""
+  steps, target = parse_question(question)
   lines, value = [], guess
   for (op, operand), result in zip(steps, _run_chain(guess, steps)):
     lines.append(f"{value}{op}{operand}={result}")
     value = result
+  lines.append(f"{value}-{target}={value - target}")
   return f"Try {guess}: {synthetic.STEP_SEPARATOR.join(lines)}. {ANSWER_MARKER} {guess}"
 
 

@@ -41,12 +41,14 @@ def test_answer_is_the_unique_operand_and_the_gold_solution_checks_out():
     assert missing_operand.reward(p.solution, p.answer) == 1.0
     guess, steps, answer = read_attempt(p.solution)
     assert guess == answer == int(p.answer)
-    assert 3 <= len(steps) + 1 <= 4  # single_digit_long: 3 or 4 terms
+    *chain, check = steps
+    assert 3 <= len(chain) + 1 <= 4  # single_digit_long: 3 or 4 terms
     value = guess
-    for a, op, b, c in steps:
+    for a, op, b, c in chain:
       assert a == value and c == (a + b if op == "+" else a - b)
       value = c
-    assert value == int(p.question.split("=")[1])
+    target = int(p.question.split("=")[1])
+    assert value == target and check == (value, "-", target, 0)
 
 
 def test_wrong_attempt_is_honest_near_and_wrong():
@@ -56,12 +58,15 @@ def test_wrong_attempt_is_honest_near_and_wrong():
     guess, steps, answer = read_attempt(text)
     assert guess == answer and 1 <= abs(guess - int(p.answer)) <= 3
     assert missing_operand.reward(text, p.answer) == 0.0
+    *chain, check = steps
     value = guess
-    for a, op, b, c in steps:  # computed with the wrong guess, every value non-negative.
+    for a, op, b, c in chain:  # computed with the wrong guess, every value non-negative.
       assert a == value and c == (a + b if op == "+" else a - b) and c >= 0
       value = c
-    # The chain misses the target by exactly the guess's error: what attempt 2 can read.
-    assert value - int(p.question.split("=")[1]) == guess - int(p.answer)
+    # The check step: the chain misses the target by exactly the guess's error, which is
+    # what attempt 2 can read.
+    target = int(p.question.split("=")[1])
+    assert check == (value, "-", target, guess - int(p.answer))
 
 
 def test_problems_are_the_synthetic_chains_and_exclude_is_respected():

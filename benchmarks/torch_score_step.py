@@ -55,7 +55,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks import sampler  # noqa: E402
+from benchmarks import sampler, score_step  # noqa: E402
 from configs import demo  # noqa: E402
 from score_jax import model, sft, sharding, train, train_step  # noqa: E402
 from score_jax.model import checkpoints  # noqa: E402
@@ -281,19 +281,12 @@ class OursScore:
 
 
 def make_config(args: argparse.Namespace):
-  c = demo.get_config()
-  c.rl.update(prompts_per_step=args.prompts, samples_per_prompt=args.samples,
-              rollout_micro_batch=args.prompts, max_new_tokens=args.new_tokens)
-  c.export.enabled = False
-  if args.model != "demo":  # sampler.py's layout; the vocabulary stays the demo tokenizer's.
+  c = score_step.make_config(args)  # the demo at this batch; --quick: a tiny model.
+  if args.model != "demo" and not args.quick:  # sampler.py's layout, the demo's vocabulary.
     layout = sampler.CONFIGS[args.model]()
     c.model.update({f: getattr(layout, f) for f in (
         "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "ffw_hidden",
         "sliding_window", "query_pre_attn_scalar")})
-  if args.quick:
-    c.model.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
-                   ffw_hidden=64, sliding_window=16, query_pre_attn_scalar=16.0)
-    c.task.num_train, c.task.num_eval = 200, 16
   return c
 
 

@@ -64,39 +64,30 @@ class Task:
     return np.asarray(out, np.float32).reshape(len(responses))
 
 
-def make_synthetic(cfg: ml_collections.ConfigDict) -> Task:
-  """The synthetic multi-step arithmetic task (score_jax.data.synthetic)."""
-  train = synthetic.make_problems(cfg.train_seed, cfg.num_train, cfg.difficulty)
-  evals = synthetic.make_problems(cfg.eval_seed, cfg.num_eval, cfg.difficulty,
-                                  exclude={p.question for p in train})
+def _generated_task(name: str, module, wrong_attempt, cfg: ml_collections.ConfigDict) -> Task:
+  """A task of problems generated from seeds (train and eval disjoint) by `module`."""
+  train = module.make_problems(cfg.train_seed, cfg.num_train, cfg.difficulty)
+  evals = module.make_problems(cfg.eval_seed, cfg.num_eval, cfg.difficulty,
+                               exclude={p.question for p in train})
   to_example = lambda p: Example(id=p.id, prompt=p.question, gold=p.answer, solution=p.solution)
   by_question = {p.question: p for p in (*train, *evals)}
 
   def corrupt(example: Example, rng: np.random.Generator) -> str:
-    return synthetic.corrupt_solution(by_question[example.prompt], rng)
+    return wrong_attempt(by_question[example.prompt], rng)
 
-  return Task(name="synthetic", train=tuple(map(to_example, train)),
-              eval=tuple(map(to_example, evals)),
-              instruction=synthetic.SELF_CORRECTION_INSTRUCTION, reward=synthetic.reward,
-              answer=synthetic.extract_answer, corrupt=corrupt)
+  return Task(name=name, train=tuple(map(to_example, train)), eval=tuple(map(to_example, evals)),
+              instruction=module.SELF_CORRECTION_INSTRUCTION, reward=module.reward,
+              answer=module.extract_answer, corrupt=corrupt)
+
+
+def make_synthetic(cfg: ml_collections.ConfigDict) -> Task:
+  """The synthetic multi-step arithmetic task (score_jax.data.synthetic)."""
+  return _generated_task("synthetic", synthetic, synthetic.corrupt_solution, cfg)
 
 
 def make_missing_operand(cfg: ml_collections.ConfigDict) -> Task:
   """Guess-and-check: find a chain's hidden first operand (score_jax.data.missing_operand)."""
-  train = missing_operand.make_problems(cfg.train_seed, cfg.num_train, cfg.difficulty)
-  evals = missing_operand.make_problems(cfg.eval_seed, cfg.num_eval, cfg.difficulty,
-                                        exclude={p.question for p in train})
-  to_example = lambda p: Example(id=p.id, prompt=p.question, gold=p.answer, solution=p.solution)
-  by_question = {p.question: p for p in (*train, *evals)}
-
-  def corrupt(example: Example, rng: np.random.Generator) -> str:
-    return missing_operand.wrong_attempt(by_question[example.prompt], rng)
-
-  return Task(name="missing_operand", train=tuple(map(to_example, train)),
-              eval=tuple(map(to_example, evals)),
-              instruction=missing_operand.SELF_CORRECTION_INSTRUCTION,
-              reward=missing_operand.reward, answer=missing_operand.extract_answer,
-              corrupt=corrupt)
+  return _generated_task("missing_operand", missing_operand, missing_operand.wrong_attempt, cfg)
 
 
 # --- local data sets ---------------------------------------------------------------------------

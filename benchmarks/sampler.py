@@ -2,7 +2,8 @@
 
 For each model config and batch size, on the same random weights and prompts:
 
-  ours   `score_jax.sampling.sample`, greedy, compiled ahead of time (compile timed apart).
+  ours   `score_jax.sampling.sample`, greedy, compiled ahead of time (compile timed apart),
+         with its `decode_weights` copies made inside every timed call.
   hf     transformers' `generate` on the same weights exported with `checkpoints.save_hf`,
          fp32, eager attention (Gemma 2 has no SDPA path: SDPA cannot soft-cap), greedy,
          EOS disabled so every row gets exactly `new_tokens` tokens; timed for every
@@ -32,6 +33,7 @@ and naive are compared; a mismatch is reported, not hidden.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -114,15 +116,17 @@ def _naive_loop(config: model.ModelConfig, steps: int):
 class _Hf:
   """transformers' Gemma 2 on our weights (save_hf -> from_pretrained), greedy generate."""
 
-  def __init__(self, config: model.ModelConfig, params: model.Params):
+  def __init__(self, config: model.ModelConfig, params: model.Params, dtype: str):
     import torch  # Deferred: only the benchmark needs torch.
     import transformers
     self.torch = torch
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as path:
-      checkpoints.save_hf(config, params, path)
+      # Exported in fp32; from_pretrained rounds to `dtype` as `astype` does for ours.
+      checkpoints.save_hf(dataclasses.replace(config, dtype="float32"),
+                          jax.tree.map(lambda x: x.astype(jnp.float32), params), path)
       self.model = transformers.AutoModelForCausalLM.from_pretrained(
-          path, dtype=torch.float32, attn_implementation="eager").eval()
+          path, dtype=getattr(torch, dtype), attn_implementation="eager").eval()
     # No EOS: every row generates exactly max_new_tokens, as in `sample` without stop tokens
     # (min_new_tokens would instead mask EOS out of the argmax).
     self.model.generation_config.eos_token_id = None
@@ -162,11 +166,21 @@ def bench_case(config: model.ModelConfig, params: model.Params, hf: _Hf, batch: 
                      f"{sampling.MIN_BUCKET}); pick one so that no padding is added.")
 
   compile_s, ours = {}, {}
+  # The decode loop's weight copies (`decode_weights`, made outside `sample` as
+  # `generate` and `rollout_in_chunks` do) are made inside every timed call.
+  jax.block_until_ready(sampling.decode_weights(config, params))  # compile
   for name, new in (("full", m), ("one", 1)):
     settings = sampling.SamplingConfig(max_new_tokens=new)
+    dparams = jax.eval_shape(sampling.decode_weights, config, params) if new > 1 else None
     compile_s[f"ours_{name}"], compiled = _timed(lambda: sampling.sample.lower(
-        config, params, tokens_bp, lengths_b, None, settings=settings).compile())
-    ours[name] = lambda c=compiled: jax.block_until_ready(c(params, tokens_bp, lengths_b, None))
+        config, params, tokens_bp, lengths_b, None, settings=settings,
+        dparams=dparams).compile())
+    if new > 1:
+      ours[name] = lambda c=compiled: jax.block_until_ready(c(
+          params, tokens_bp, lengths_b, None, dparams=sampling.decode_weights(config, params)))
+    else:
+      ours[name] = lambda c=compiled: jax.block_until_ready(c(params, tokens_bp, lengths_b, None,
+                                                              dparams=None))
   buffer_bt = jnp.zeros((batch, p + m), jnp.int32).at[:, :p].set(prompts_bp)
   naive_fn = _naive_loop(config, naive_steps)
   compile_s["naive"], naive_compiled = _timed(
@@ -273,6 +287,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
   parser.add_argument("--torch_threads", type=ints, default=sorted({1, os.cpu_count()}),
                       help="torch thread count(s) to time HF with; the ratios use the fastest")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="params and activations, for both ours and transformers'")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quick", action="store_true",
                       help="smoke run: tiny config, batch 2, 16+8 tokens, 1 rep, "
@@ -312,7 +328,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   for name in args.configs:
     config = CONFIGS[name]()
     params = benchmark_params(config, args.seed)
-    load_s, hf = _timed(lambda: _Hf(config, params))
+    if args.dtype != config.dtype:  # the same random weights, rounded.
+      config = dataclasses.replace(config, dtype=args.dtype)
+      params = jax.tree.map(lambda x: x.astype(args.dtype), params)
+    load_s, hf = _timed(lambda: _Hf(config, params, args.dtype))
     print(f"{name}: {config.num_params() / 1e6:.1f}M params (HF export + load {load_s:.1f} s)",
           file=sys.stderr)
     cases = []

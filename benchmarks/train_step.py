@@ -17,12 +17,10 @@ load from other processes hits both alike; medians are reported. `recompiles` co
 backend compiles during the timed repetitions (must be 0: a recompile per step would
 be a shape or sharding leak).
 
-With --ab_split_gating the step is also built with a proposed MLP change patched into
-`transformer._mlp` (`split_gating_mlp`) and both are timed interleaved; --trace_dir
-profiles one step of each (op-kind table: `benchmarks.trace_summary`).
+--trace_dir profiles one more step (op-kind table: `benchmarks.trace_summary`).
 
   python -m benchmarks.train_step              # the table in BENCHMARKS.md
-  python -m benchmarks.train_step --configs gemma2-91m --ab_split_gating --trace_dir /tmp/t
+  python -m benchmarks.train_step --configs gemma2-91m --trace_dir /tmp/t
   python -m benchmarks.train_step --quick      # a smoke run (tiny config, seconds)
 """
 
@@ -44,9 +42,7 @@ import optax
 
 from benchmarks import flops as flops_lib, trace_summary
 from score_jax import model, sft, sharding, train_step
-from score_jax.model import transformer as _transformer
 
-_ORIGINAL_MLP = _transformer._mlp
 
 # tiny: the test preset; demo: configs/demo.py's model at the SCoRe step benchmark's batch
 # (64 episodes of ~194 tokens); gemma2-91m: the sampler benchmark's ~91M-parameter Gemma 2
@@ -75,26 +71,6 @@ class CompileCounter:
     del duration, kwargs
     if self.active and event == "/jax/core/compile/backend_compile_duration":
       self.count += 1
-
-
-def split_gating_mlp(p: model.Params, x_btd: jax.Array, layout: str) -> jax.Array:
-  """`transformer._mlp` with the gate and up projections as two [D, F] einsums.
-
-  The proposed change measured by --ab_split_gating: the stored "BTD,CDF->CBTF" einsum
-  makes XLA:CPU compute [C*F, B*T] (tokens minor) plus a copy of each layer's weight,
-  and every consumer (GELU, the scan's residual writes, the backward) then reads it
-  transposed. `w[0]`, `w[1]` are slices of the leading axis (no copy) and each einsum
-  yields [B, T, F] directly. Same math, same params layout.
-  """
-  from score_jax.model import transformer
-  if layout != "stored":
-    return _ORIGINAL_MLP(p, x_btd, layout)
-  w_cdf = p["gating_einsum"]["w"]
-  gate_btf = jnp.einsum("BTD,DF->BTF", x_btd, w_cdf[0])
-  up_btf = jnp.einsum("BTD,DF->BTF", x_btd, w_cdf[1])
-  hidden_btf = sharding.constrain(jax.nn.gelu(gate_btf, approximate=True) * up_btf,
-                                  ("batch", None, "mlp"))
-  return jnp.einsum(transformer._EINSUMS[layout]["linear"], hidden_btf, p["linear"]["w"])
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -146,26 +122,19 @@ def bench_config(name: str, args: argparse.Namespace, counter: CompileCounter) -
   matmuls = peak_matmuls(config, episodes, length, args.logits_chunk)
   for fn, _ in matmuls.values():
     _timed(fn)  # compile + warm up
-  steps, compile_s, losses = {}, {}, {}
-  for variant in ("step", "step_split_gating") if args.ab_split_gating else ("step",):
-    # The step traces `transformer._mlp` at its first call: patch it for that call only.
-    _transformer._mlp = split_gating_mlp if variant != "step" else _ORIGINAL_MLP
-    try:
-      step, state, ref, batch = build(config, episodes, length, args.logits_chunk, args.seed)
-      t0 = time.perf_counter()
-      state, metrics = step(state, ref, batch)  # compiles
-      losses[variant] = float(metrics["loss"])
-      compile_s[variant] = time.perf_counter() - t0
-    finally:
-      _transformer._mlp = _ORIGINAL_MLP
-    holder = {"state": state}
+  step, state, ref, batch = build(config, episodes, length, args.logits_chunk, args.seed)
+  t0 = time.perf_counter()
+  state, metrics = step(state, ref, batch)  # compiles
+  loss = float(metrics["loss"])
+  compile_s = time.perf_counter() - t0
+  holder = {"state": state}
 
-    def one_step(step=step, ref=ref, batch=batch, holder=holder):
-      holder["state"], m = step(holder["state"], ref, batch)
-      return m
+  def one_step():
+    holder["state"], m = step(holder["state"], ref, batch)
+    return m
 
-    _timed(one_step)  # warm-up: the first call after compile
-    steps[variant] = one_step
+  _timed(one_step)  # warm-up: the first call after compile
+  steps = {"step": one_step}
   times: dict[str, list[float]] = {k: [] for k in (*steps, *matmuls)}
   counter.count, counter.active = 0, True
   for _ in range(args.reps):
@@ -175,7 +144,7 @@ def bench_config(name: str, args: argparse.Namespace, counter: CompileCounter) -
       times[key].append(_timed(fn))
   counter.active = False
   traces = {}
-  if args.trace_dir:  # one more step of each variant under the profiler: time by op kind.
+  if args.trace_dir:  # one more step under the profiler: time by op kind.
     for key, fn in steps.items():
       log_dir = os.path.join(args.trace_dir, f"{name}_{key}")
       with jax.profiler.trace(log_dir, create_perfetto_trace=True):
@@ -189,16 +158,11 @@ def bench_config(name: str, args: argparse.Namespace, counter: CompileCounter) -
       "config": name, "params": config.num_params(), "episodes": episodes, "length": length,
       "logits_chunk": args.logits_chunk, "remat": config.remat, "dtype": config.dtype,
       "model_flops": count.model, "hardware_flops": count.hardware,
-      "step_s": med["step"], "compile_s": compile_s["step"], "peak_flops_s": peak,
+      "step_s": med["step"], "compile_s": compile_s, "peak_flops_s": peak,
       "peak_by_shape": peaks, "mfu": count.model / med["step"] / peak,
       "hfu": count.hardware / med["step"] / peak,
       "model_flops_s": count.model / med["step"], "recompiles": counter.count,
-      "loss": losses["step"], "times_s": times, "traces": traces,
-      **({"split_gating": {"step_s": med["step_split_gating"],
-                           "mfu": count.model / med["step_split_gating"] / peak,
-                           "speedup": med["step"] / med["step_split_gating"],
-                           "loss": losses["step_split_gating"]}}
-         if args.ab_split_gating else {})}
+      "loss": loss, "times_s": times, "traces": traces}
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -229,9 +193,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions (median)")
   parser.add_argument("--dot_calls", type=int, default=3,
                       help="matmul calls per repetition (the fastest counts)")
-  parser.add_argument("--ab_split_gating", action="store_true",
-                      help="also time the step with the MLP gate/up as two einsums "
-                      "(a proposed transformer change, patched in), interleaved")
   parser.add_argument("--trace_dir", default="",
                       help="also profile one step per config here and print its op-kind table")
   parser.add_argument("--seed", type=int, default=0)
@@ -265,10 +226,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     r = rows[-1]
     print(f"{name}: step {r['step_s']:.3f} s, MFU {r['mfu']:.1%}, "
           f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
-    if "split_gating" in r:
-      ab = r["split_gating"]
-      print(f"{name}, split gating: step {ab['step_s']:.3f} s, MFU {ab['mfu']:.1%}, "
-            f"{ab['speedup']:.2f}x, loss {ab['loss']:.6g} vs {r['loss']:.6g}")
   print("python -m benchmarks.train_step " + " ".join(argv))
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, {jax.devices()[0].platform}")
   print(markdown_table(rows))

@@ -150,21 +150,23 @@ def episode_length(prompt_width: int, rc: RolloutConfig) -> int:
   return prompt_width + rc.num_attempts * rc.max_new_tokens + (rc.num_attempts - 1) * between
 
 
-def _sample_attempt(config, params, ref_params, context, context_len, rng, rc, num_offline):
+def _sample_attempt(config, params, ref_params, context, context_len, rng, rc, num_offline,
+                    dparams, ref_dparams):
   """Samples one attempt for every episode; the first `num_offline` rows from ref_params."""
   width = context_width(context.shape[1])
   context = jnp.pad(context, ((0, 0), (0, width - context.shape[1])), constant_values=rc.pad_id)
   prompt = right_align(context, context_len, rc.pad_id)
   settings = rc.sampling_config()
   if num_offline == 0:
-    return sampling.sample(config, params, prompt, context_len, rng, settings=settings)
+    return sampling.sample(config, params, prompt, context_len, rng, settings=settings,
+                           dparams=dparams)
   k_ref, k_pol = jax.random.split(rng)
   off = sampling.sample(config, ref_params, prompt[:num_offline], context_len[:num_offline],
-                        k_ref, settings=settings)
+                        k_ref, settings=settings, dparams=ref_dparams)
   if num_offline == prompt.shape[0]:
     return off
   on = sampling.sample(config, params, prompt[num_offline:], context_len[num_offline:], k_pol,
-                       settings=settings)
+                       settings=settings, dparams=dparams)
   return jax.tree.map(lambda a, b: jnp.concatenate([a, b]) if a.ndim else jnp.maximum(a, b),
                       off, on)
 
@@ -172,12 +174,15 @@ def _sample_attempt(config, params, ref_params, context, context_len, rng, rc, n
 @functools.partial(jax.jit, static_argnames=("config", "rc"))
 def rollout(config: ModelConfig, params: Params, prompt_tokens: jax.Array,
             prompt_lengths: jax.Array, rng: jax.Array, *, rc: RolloutConfig,
-            ref_params: Params | None = None) -> Episodes:
+            ref_params: Params | None = None, dparams: Params | None = None,
+            ref_dparams: Params | None = None) -> Episodes:
   """Samples k episodes of `rc.num_attempts` attempts for each prompt.
 
   prompt_tokens: int32 [P, W] left-aligned turn-1 prompts (x1, template included);
   prompt_lengths: int32 [P]. ref_params: the frozen base model, needed only when
-  rc.offline_first_fraction > 0.
+  rc.offline_first_fraction > 0. dparams / ref_dparams: optional
+  `sampling.decode_weights` of params / ref_params, made outside this jit (see
+  `sampling.sample`); `rollout_in_chunks` makes them once for all its chunks.
   """
   k = rc.samples_per_prompt
   context = jnp.repeat(prompt_tokens.astype(jnp.int32), k, axis=0)
@@ -197,7 +202,8 @@ def rollout(config: ModelConfig, params: Params, prompt_tokens: jax.Array,
     # Longest possible context of this attempt: trims the sampler's prompt bucket.
     max_context = prompt_tokens.shape[1] + attempt * (rc.max_new_tokens + between_len)
     out = _sample_attempt(config, params, ref_params, context[:, :max_context], context_len,
-                          jax.random.fold_in(rng, attempt), rc, num_offline if attempt == 0 else 0)
+                          jax.random.fold_in(rng, attempt), rc, num_offline if attempt == 0 else 0,
+                          dparams, ref_dparams)
     outputs.append(out)
     context_lengths.append(context_len)
     segments = [(context, context_len), (out.tokens, out.lengths)]
@@ -237,11 +243,16 @@ def rollout_in_chunks(config: ModelConfig, params: Params, prompt_tokens: np.nda
   if num_prompts % micro_batch:
     raise ValueError(f"{num_prompts} prompts do not split into micro-batches of {micro_batch}; "
                      "choose a micro-batch size that divides the batch.")
+  # The decode loop's weight copies, made once for every chunk (and both attempts).
+  dparams = sampling.decode_weights(config, params)
+  ref_dparams = None
+  if rc.offline_first_fraction > 0 and ref_params is not None:
+    ref_dparams = sampling.decode_weights(config, ref_params)
   chunks = []
   for i, start in enumerate(range(0, num_prompts, micro_batch)):
     ep = rollout(config, params, prompt_tokens[start:start + micro_batch],
                  prompt_lengths[start:start + micro_batch], jax.random.fold_in(rng, i), rc=rc,
-                 ref_params=ref_params)
+                 ref_params=ref_params, dparams=dparams, ref_dparams=ref_dparams)
     chunks.append(ep._replace(prompt_index=ep.prompt_index + start))
   return Episodes(*(jnp.concatenate(field, axis=1 if name in _ATTEMPT_MAJOR else 0)
                     for name, field in zip(Episodes._fields, zip(*chunks))))

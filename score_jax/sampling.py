@@ -5,12 +5,13 @@ The sampler runs the model's own layer math (`transformer._block`, via
 loop) and `logits_from_hidden`, so the log-probs it returns are the ones the
 trainer computes (soft-caps included).
 
-Decode: before the `while_loop`, the block weights are copied once into
-per-layer arrays with their contracted axes last (`transformer.decode_params`),
-the layers are unrolled in the step, and the KV cache holds one array per layer.
-In a loop over stacked [L, ...] weights, XLA's CPU backend re-slices and
-transposes every layer's weights for every token (see BENCHMARKS.md). Cost: one
-extra copy of the block weights while sampling, and compiles that grow with depth.
+Decode: the block weights are copied once into per-layer 2-D [out, in] arrays
+(`decode_weights`, a jit of its own so that they enter the loop in the plain
+layout), the layers are unrolled in the step, and the KV cache holds one array
+per layer in the layout the attention dots read. In a loop over stacked [L, ...]
+weights, XLA's CPU backend re-slices and transposes every layer's weights for
+every token (see BENCHMARKS.md). Cost: one extra copy of the block weights while
+sampling, and compiles that grow with depth.
 
 Layout of one call to `sample` (B sequences, prompts left-padded to P tokens):
 
@@ -47,10 +48,11 @@ from score_jax import losses, sharding
 from score_jax.model import transformer
 from score_jax.model.config import ModelConfig
 
-# Logical axes of the cache arrays, for score_jax.sharding: one layer's keys or values
-# (decode loop) and the stacked [L, ...] prefill cache (transformer.init_cache).
-CACHE_KV_AXES = ("batch", None, "kv_heads", None)
-STACKED_CACHE_KV_AXES = ("layers",) + CACHE_KV_AXES
+# Logical axes of the cache arrays, for score_jax.sharding: one layer's keys [B, K, S, H]
+# or values [B, K, H, S] (decode loop) and the stacked [L, B, S, K, H] prefill cache
+# (transformer.init_cache).
+CACHE_KV_AXES = ("batch", "kv_heads", None, None)
+STACKED_CACHE_KV_AXES = ("layers", "batch", None, "kv_heads", None)
 CACHE_POS_AXES = ("batch", None)
 MIN_BUCKET = 16
 
@@ -156,7 +158,7 @@ def _constrain_cache(cache: transformer.Cache) -> transformer.Cache:
   """Batch over the data axes, KV heads over "tensor" (replicated where indivisible).
 
   Takes a stacked cache ([L, B, S, K, H] arrays) or a per-layer one (tuples of
-  [B, S, K, H]).
+  [B, K, S, H] keys and [B, K, H, S] values).
   """
   def kv(x):
     if isinstance(x, tuple):
@@ -227,7 +229,8 @@ def _record(state: _LoopState, logits_bv: jax.Array, rng: jax.Array | None,
 @functools.partial(jax.jit, static_argnames=("config", "settings"))
 def sample(config: ModelConfig, params: transformer.Params, prompt_tokens: jax.Array,
            prompt_lengths: jax.Array, rng: jax.Array | None, *, settings: SamplingConfig,
-           max_new_tokens_b: jax.Array | None = None) -> SampleOutput:
+           max_new_tokens_b: jax.Array | None = None,
+           dparams: transformer.Params | None = None) -> SampleOutput:
   """Samples continuations of left-padded prompts (see `pad_prompts`).
 
   Args:
@@ -238,6 +241,10 @@ def sample(config: ModelConfig, params: transformer.Params, prompt_tokens: jax.A
     rng: a PRNG key; unused (may be None) when `settings` is greedy.
     settings: SamplingConfig (static; one compile per distinct value).
     max_new_tokens_b: optional int32 [B] per-sequence limit <= settings.max_new_tokens.
+    dparams: `decode_weights(config, params)`, made outside this jit (and reusable
+      across calls with the same params). Made here when None, which gives the same
+      tokens but lets XLA's CPU backend fold the copies' layout change back into the
+      loop: a transpose of two weights per layer per token (see BENCHMARKS.md).
 
   Returns:
     SampleOutput; compiled once per (B, P, settings, sharding).
@@ -280,7 +287,8 @@ def sample(config: ModelConfig, params: transformer.Params, prompt_tokens: jax.A
   state = _record(state, logits_bv, rng, settings, limit_b)
   if max_new == 1:  # Nothing to decode: skip the loop and its weight copies.
     return _output(state)
-  dparams = transformer.decode_params(config, params)
+  if dparams is None:
+    dparams = transformer.decode_params(config, params)
 
   def not_finished(state: _LoopState) -> jax.Array:
     return (state.step < max_new) & ~jnp.all(state.done_b)
@@ -297,6 +305,11 @@ def sample(config: ModelConfig, params: transformer.Params, prompt_tokens: jax.A
     return _record(state, logits_bv, rng, settings, limit_b)
 
   return _output(jax.lax.while_loop(not_finished, decode_step, state))
+
+
+# The decode loop's per-layer weight copies as their own jitted computation: as
+# arguments of `sample` they keep the plain row-major layout the loop's dots read.
+decode_weights = jax.jit(transformer.decode_params, static_argnums=0)
 
 
 def _output(state: _LoopState) -> SampleOutput:
@@ -317,6 +330,8 @@ def generate(config: ModelConfig, params: transformer.Params, prompts: list[list
   settings = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, stop_tokens=tuple(stop_tokens))
   tokens, lengths = pad_prompts(prompts, pad_id=settings.pad_id)
-  out = sample(config, params, jnp.asarray(tokens), jnp.asarray(lengths), rng, settings=settings)
+  dparams = decode_weights(config, params) if max_new_tokens > 1 else None
+  out = sample(config, params, jnp.asarray(tokens), jnp.asarray(lengths), rng, settings=settings,
+               dparams=dparams)
   new_tokens, new_lengths = jax.device_get((out.tokens, out.lengths))
   return [row[:n].tolist() for row, n in zip(new_tokens, new_lengths)]

@@ -264,18 +264,19 @@ def test_sharded_greedy_equals_single_device(models, mesh_shape):
     params = sharding.shard_params(params, mesh)
     tokens = jax.device_put(tokens, sharding.batch_sharding(mesh, 2))
     lengths = jax.device_put(lengths, sharding.batch_sharding(mesh, 1))
+    dparams = sampling.decode_weights(config, params)  # as rollout_in_chunks does.
     compiled = sampling.sample.lower(config, params, tokens, lengths, None,
-                                     settings=settings).compile()
-    out = compiled(params, tokens, lengths, None)
+                                     settings=settings, dparams=dparams).compile()
+    out = compiled(params, tokens, lengths, None, dparams=dparams)
   np.testing.assert_array_equal(out.tokens, single.tokens)
   np.testing.assert_array_equal(out.lengths, single.lengths)
   # Sharded matmuls add partial sums in another order: fp32 round-off (~1e-5
   # here), not a different computation.
   np.testing.assert_allclose(out.logprobs, single.logprobs, atol=1e-4)
 
-  # Each device holds its slice of every layer's decode cache [B, S, K, H] and of
-  # the stacked prefill cache [L, B, P, K, H]: batch over data x fsdp, kv heads
-  # over tensor when it divides them (not for tensor=4).
+  # Each device holds its slice of every layer's decode cache (keys [B, K, S, H],
+  # values [B, K, H, S]) and of the stacked prefill cache [L, B, P, K, H]: batch
+  # over data x fsdp, kv heads over tensor when it divides them (not for tensor=4).
   data, fsdp, tensor = mesh_shape
   width = tokens.shape[1]
   cache_len = sampling.cache_length(width, MAX_NEW)
@@ -283,8 +284,9 @@ def test_sharded_greedy_equals_single_device(models, mesh_shape):
   local_heads = heads // tensor if heads % tensor == 0 else heads
   local_batch = len(prompts) // (data * fsdp)
   hlo = compiled.as_text()
-  assert f"f32[{local_batch},{cache_len},{local_heads},{head_dim}]" in hlo
-  assert f"f32[{len(prompts)},{cache_len},{heads},{head_dim}]" not in hlo
+  assert f"f32[{local_batch},{local_heads},{cache_len},{head_dim}]" in hlo
+  assert f"f32[{local_batch},{local_heads},{head_dim},{cache_len}]" in hlo
+  assert f"f32[{len(prompts)},{heads},{cache_len},{head_dim}]" not in hlo
   assert f"f32[{layers},{local_batch},{width},{local_heads},{head_dim}]" in hlo
   assert f"f32[{layers},{len(prompts)},{width},{heads},{head_dim}]" not in hlo
   assert out.tokens.sharding.shard_shape(out.tokens.shape)[0] == len(prompts) // (data * fsdp)
@@ -302,13 +304,14 @@ def test_unrolled_decode_forward_equals_training_forward(models, name):
   want_btd, _ = model.forward_hidden(config, params, tokens_bt, positions_bt)
   dparams = transformer.decode_params(config, params)
   assert dparams["layers"][0]["attn"]["q_einsum"]["w"].shape == (
-      config.num_heads, config.head_dim, config.d_model)
+      config.num_heads * config.head_dim, config.d_model)
   prompt_cache = model.init_cache(config, 2, 20)
   _, prompt_cache = model.forward_hidden(config, params, tokens_bt[:, :20], positions_bt[:, :20],
                                          cache=prompt_cache)
   cache = transformer.unstack_cache(prompt_cache, 23)
-  assert len(cache["k"]) == config.num_layers and cache["k"][0].shape == (
-      2, 23, config.num_kv_heads, config.head_dim)
+  assert len(cache["k"]) == config.num_layers
+  assert cache["k"][0].shape == (2, config.num_kv_heads, 23, config.head_dim)
+  assert cache["v"][0].shape == (2, config.num_kv_heads, config.head_dim, 23)
   np.testing.assert_array_equal(cache["pos"][:, 20:], -1)
   for t in range(20, 23):
     got_b1d, cache = transformer.forward_hidden_unrolled(
@@ -372,3 +375,42 @@ def test_bad_inputs_raise_clear_errors(models):
     sampling.SamplingConfig(max_new_tokens=1, top_p=1.5)
   with pytest.raises(ValueError, match="stop_tokens"):
     sampling.SamplingConfig(max_new_tokens=1, stop_tokens=("<eos>",))
+
+
+def _decode_loop_copies(config, batch: int, width: int, new: int) -> list[tuple[str, tuple]]:
+  """(op name, output dims) of every copy / transpose in the compiled decode loop's body."""
+  import re  # pylint: disable=import-outside-toplevel
+  params = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
+  dparams = jax.eval_shape(sampling.decode_weights, config, params)
+  prompt = jax.ShapeDtypeStruct((batch, width), jnp.int32)
+  hlo = sampling.sample.lower(config, params, prompt, jax.ShapeDtypeStruct((batch,), jnp.int32),
+                              None, settings=sampling.SamplingConfig(max_new_tokens=new),
+                              dparams=dparams).compile().as_text()
+  bodies = {m.group(1): m.group(2) for m in re.finditer(
+      r"\n%?([\w.\-]+) \([^\n]*\) -> [^\n]*\{\n(.*?)\n\}", hlo, re.S)}
+  # The decode loop is the while whose body holds the most instructions (the unrolled layers).
+  body = max((bodies[m.group(1)] for m in re.finditer(r"while\([^\n]*?body=%?([\w.\-]+)", hlo)),
+             key=len)
+  copies = []
+  for m in re.finditer(r"%?([\w.\-]+) = \w+\[([\d,]*)\]\S* (\w[\w-]*)\(", body):
+    name, dims, op = m.groups()
+    if "copy" in name or "transpose" in name or op in ("copy", "transpose"):
+      copies.append((name, tuple(int(d) for d in dims.split(",") if d)))
+  return copies
+
+
+def test_decode_loop_copies_no_weight_and_no_cache():
+  # The decode step must read each layer's weights and KV cache where they lie: a
+  # per-token copy of either is most of a memory-bound step (BENCHMARKS.md, sampler).
+  # Oracle: sizes of the weights and caches, against every copy XLA left in the loop.
+  config = model.get_config("tiny", d_model=128, num_heads=4, num_kv_heads=2, head_dim=32,
+                            ffw_hidden=512, vocab_size=512)
+  batch, width, new = 8, 32, 9
+  cache_len = sampling.cache_length(width, new)
+  dparams = jax.eval_shape(sampling.decode_weights, config,
+                           jax.eval_shape(lambda: model.init_params(config, jax.random.key(0))))
+  big = {int(np.prod(x.shape)) for x in jax.tree.leaves(dparams["layers"])}
+  big.add(batch * config.num_kv_heads * cache_len * config.head_dim)
+  copies = _decode_loop_copies(config, batch, width, new)
+  offending = [(n, d) for n, d in copies if int(np.prod(d)) in big]
+  assert not offending, f"the decode loop copies weights or caches every token: {offending}"

@@ -111,17 +111,20 @@ def plot_curves(workdir: str, methods: Sequence[str], path: str) -> None:
   import matplotlib.pyplot as plt
 
   keys = ("acc_t1", "acc_t2", "changed_answer_rate")
-  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5))
+  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8))
   for method in methods:
     curves = training_curves(workdir, method, keys)
     for ax, k in zip(axes, keys):
       if curves[k].size:
-        y = _smooth(np.nanmean(curves[k], axis=0))
-        ax.plot(np.arange(len(y)) + 1, 100 * y, label=method)
+        per_seed = np.stack([_smooth(c) for c in curves[k]])
+        y, lo, hi = per_seed.mean(0), per_seed.min(0), per_seed.max(0)
+        x = np.arange(len(y)) + 1
+        (line,) = ax.plot(x, 100 * y, label=f"{method} ({len(per_seed)} seeds)")
+        ax.fill_between(x, 100 * lo, 100 * hi, color=line.get_color(), alpha=0.15)
   for ax, k in zip(axes, keys):
-    ax.set_title(f"{k} on the training batch (%, 5-step mean)")
-    ax.set_xlabel("RL step")
-    ax.legend()
+    ax.set_title(f"{k} (%), training batches")
+    ax.set_xlabel("RL step (5-step moving mean; band: min-max over seeds)", fontsize=8)
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -133,8 +136,12 @@ def plot_edit_distance(rows: dict[str, list[dict]], methods: Sequence[str], path
   import matplotlib.pyplot as plt
 
   present = [m for m in methods if m in rows]
-  fig, axes = plt.subplots(1, max(len(present), 1), figsize=(3.5 * max(len(present), 1), 3))
-  for ax, method in zip(np.atleast_1d(axes), present):
+  cols = min(max(len(present), 1), 5)
+  nrows = -(-max(len(present), 1) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(3.5 * cols, 3 * nrows), squeeze=False)
+  for ax in axes.flat[len(present):]:
+    ax.axis("off")
+  for ax, method in zip(axes.flat, present):
     ratios = np.concatenate([evaluation.edit_distance_ratios(*r["texts"][:2])
                              for r in rows[method]])
     ax.hist(ratios, bins=np.linspace(0, 1, 21))

@@ -29,9 +29,9 @@ empty or padding slot. Masks are built from positions, so left-padded prompts
 and sliding windows need no separate mask argument.
 
 Decode loops use `forward_hidden_unrolled`: the same `_block` per layer, over
-`decode_params` (per-layer weight copies with the contracted axes last) and a
-per-layer cache {"k": L x [B, S, K, H], "v": L x [B, S, K, H], "pos": [B, S]}
-(`unstack_cache`), so no weight is sliced or transposed per generated token.
+`decode_params` (per-layer 2-D `[out, in]` weight copies, see `_DECODE_TRANSPOSES`)
+and a per-layer cache {"k": L x [B, K, S, H], "v": L x [B, K, H, S], "pos": [B, S]}
+(`unstack_cache`), so no weight or cache is sliced or transposed per generated token.
 """
 
 from __future__ import annotations
@@ -124,20 +124,27 @@ def attention_mask(q_pos_bt: jax.Array, k_pos_bs: jax.Array, window: jax.Array) 
 
 # The block's contractions for each weight layout. "stored" is the params layout above
 # (training, prefill); "decode" is `decode_params`' per-layer copies, each weight with
-# its contracted axes last ([out, in]), which XLA's CPU dot reads without a transpose.
+# its contracted axes last ([out, in]) and the query / output projections as 2-D
+# matrices over the merged heads (E = N * H). With [N, H, D] weights XLA's CPU layout
+# assignment permutes N and H inside the decode loop to suit the dot's consumers,
+# a transposed copy of both weights per layer per token.
 _EINSUMS = {
     "stored": {"q": "BTD,NDH->BTNH", "kv": "BTD,CKDH->CBTKH", "attn_out": "BTNH,NHD->BTD",
-               "gating": "BTD,CDF->CBTF", "linear": "BTF,FD->BTD"},
-    "decode": {"q": "BTD,NHD->BTNH", "kv": "BTD,CKHD->CBTKH", "attn_out": "BTNH,DNH->BTD",
-               "gating": "BTD,CFD->CBTF", "linear": "BTF,DF->BTD"},
+               "gating": "BTD,DF->BTF", "linear": "BTF,FD->BTD"},
+    "decode": {"q": "BTD,ED->BTE", "kv": "BTD,ED->BTE", "attn_out": "BTE,DE->BTD",
+               "gating": "BTD,ED->BTE", "linear": "BTF,DF->BTD"},
 }
-# (group, weight, axis permutation of one layer's stored weight into the decode layout).
+# Axes of the keys and of the values of one layer's cache, per layout.
+_CACHE_LAYOUT = {"stored": ("BSKH", "BSKH"), "decode": ("BKSH", "BKHS")}
+# (group, weight, axis permutation of one layer's stored weight into the decode layout,
+#  (first, count) of the axes that then merge into one, E, or None). The major axis
+#  of each merge is the sharded one (heads, KV heads, MLP), so E keeps its sharding.
 _DECODE_TRANSPOSES = (
-    ("attn", "q_einsum", (0, 2, 1)),          # [N, D, H] -> [N, H, D]
-    ("attn", "kv_einsum", (0, 1, 3, 2)),      # [C, K, D, H] -> [C, K, H, D]
-    ("attn", "attn_vec_einsum", (2, 0, 1)),   # [N, H, D] -> [D, N, H]
-    ("mlp", "gating_einsum", (0, 2, 1)),      # [C, D, F] -> [C, F, D]
-    ("mlp", "linear", (1, 0)),                # [F, D] -> [D, F]
+    ("attn", "q_einsum", (0, 2, 1), (0, 2)),          # [N, D, H] -> [(N H), D]
+    ("attn", "kv_einsum", (1, 0, 3, 2), (0, 3)),      # [C, K, D, H] -> [(K C H), D]
+    ("attn", "attn_vec_einsum", (2, 0, 1), (1, 2)),   # [N, H, D] -> [D, (N H)]
+    ("mlp", "gating_einsum", (2, 0, 1), (0, 2)),      # [C, D, F] -> [(F C), D]
+    ("mlp", "linear", (1, 0), None),                  # [F, D] -> [D, F]
 )
 
 
@@ -146,8 +153,14 @@ def _attention(config: ModelConfig, p: Params, x_btd, q_pos_bt, layer_cache, k_p
   b, t, _ = x_btd.shape
   k_heads, g = config.num_kv_heads, config.num_heads // config.num_kv_heads
   eq = _EINSUMS[layout]
-  q_btnh = jnp.einsum(eq["q"], x_btd, p["q_einsum"]["w"])
-  k_btkh, v_btkh = jnp.einsum(eq["kv"], x_btd, p["kv_einsum"]["w"])
+  q_btnh = jnp.einsum(eq["q"], x_btd, p["q_einsum"]["w"]).reshape(
+      b, t, config.num_heads, config.head_dim)
+  if layout == "decode":  # E = (K, C, H): each KV head's key and value side by side.
+    kv_btkch = jnp.einsum(eq["kv"], x_btd, p["kv_einsum"]["w"]).reshape(
+        b, t, k_heads, 2, config.head_dim)
+    k_btkh, v_btkh = kv_btkch[:, :, :, 0], kv_btkch[:, :, :, 1]
+  else:
+    k_btkh, v_btkh = jnp.einsum(eq["kv"], x_btd, p["kv_einsum"]["w"])
   if config.use_qk_norm:
     q_btnh = rms_norm(q_btnh, p["query_norm"]["scale"], config.norm_eps)
     k_btkh = rms_norm(k_btkh, p["key_norm"]["scale"], config.norm_eps)
@@ -155,31 +168,45 @@ def _attention(config: ModelConfig, p: Params, x_btd, q_pos_bt, layer_cache, k_p
       config.query_scale, q_btnh.dtype)
   k_btkh = apply_rope(k_btkh, q_pos_bt, consts["rope_base"], consts["rope_scale"])
 
+  # Keys and values as the score and value contractions read them: [B, S, K, H]
+  # for training and prefill; the decode cache keeps keys [B, K, S, H] and values
+  # [B, K, H, S] so that no step transposes a layer's whole cache.
+  k_axes, v_axes = _CACHE_LAYOUT[layout]
+  k_new = jnp.einsum(f"BSKH->{k_axes}", k_btkh)
+  v_new = jnp.einsum(f"BSKH->{v_axes}", v_btkh)
   if layer_cache is None:
-    k_bskh, v_bskh, new_cache = k_btkh, v_btkh, None
+    keys, values, new_cache = k_new, v_new, None
   else:
-    k_bskh = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k_btkh.astype(
-        layer_cache["k"].dtype), write_index, axis=1)
-    v_bskh = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v_btkh.astype(
-        layer_cache["v"].dtype), write_index, axis=1)
-    new_cache = {"k": k_bskh, "v": v_bskh}
+    keys = jax.lax.dynamic_update_slice_in_dim(
+        layer_cache["k"], k_new.astype(layer_cache["k"].dtype), write_index, k_axes.index("S"))
+    values = jax.lax.dynamic_update_slice_in_dim(
+        layer_cache["v"], v_new.astype(layer_cache["v"].dtype), write_index, v_axes.index("S"))
+    new_cache = {"k": keys, "v": values}
 
   q_btkgh = q_btnh.reshape(b, t, k_heads, g, config.head_dim)
-  logits_bkgts = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh.astype(q_btkgh.dtype),
+  logits_bkgts = jnp.einsum(f"BTKGH,{k_axes}->BKGTS", q_btkgh, keys.astype(q_btkgh.dtype),
                             preferred_element_type=jnp.float32)
   logits_bkgts = softcap(logits_bkgts, config.attn_logit_softcap)
   mask_bts = attention_mask(q_pos_bt, k_pos_bs, consts["window"])
   logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASKED)
   probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(x_btd.dtype)
-  out_btkgh = jnp.einsum("BKGTS,BSKH->BTKGH", probs_bkgts, v_bskh.astype(x_btd.dtype))
+  out_btkgh = jnp.einsum(f"BKGTS,{v_axes}->BTKGH", probs_bkgts, values.astype(x_btd.dtype))
   out_btnh = out_btkgh.reshape(b, t, config.num_heads, config.head_dim)
   out_btnh = sharding.constrain(out_btnh, ("batch", None, "heads", None))
+  if layout == "decode":
+    out_btnh = out_btnh.reshape(b, t, config.num_heads * config.head_dim)
   return jnp.einsum(eq["attn_out"], out_btnh, p["attn_vec_einsum"]["w"]), new_cache
 
 
 def _mlp(p: Params, x_btd: jax.Array, layout: str) -> jax.Array:
   eq = _EINSUMS[layout]
-  gate_btf, up_btf = jnp.einsum(eq["gating"], x_btd, p["gating_einsum"]["w"])
+  if layout == "decode":  # gate and up interleaved: E = (F, C), so F keeps its sharding.
+    gate_up_btfc = jnp.einsum(eq["gating"], x_btd, p["gating_einsum"]["w"]).reshape(
+        x_btd.shape[:2] + (-1, 2))
+    gate_btf, up_btf = gate_up_btfc[..., 0], gate_up_btfc[..., 1]
+  else:  # One dot per half: a [C, B, T, F] result makes XLA:CPU transpose it for the GELU.
+    w_cdf = p["gating_einsum"]["w"]
+    gate_btf, up_btf = (jnp.einsum(eq["gating"], x_btd, w_cdf[c]) for c in range(2))
   hidden_btf = jax.nn.gelu(gate_btf, approximate=True) * up_btf
   hidden_btf = sharding.constrain(hidden_btf, ("batch", None, "mlp"))
   return jnp.einsum(eq["linear"], hidden_btf, p["linear"]["w"])
@@ -270,11 +297,15 @@ def decode_params(config: ModelConfig, params: Params) -> Params:
   layers = []
   for i in range(config.num_layers):
     layer = jax.tree.map(lambda x, i=i: x[i], params["layers"])
-    for group, name, perm in _DECODE_TRANSPOSES:
+    for group, name, perm, merge in _DECODE_TRANSPOSES:
       stored_axes = sharding.param_logical_axes(f"layers/{group}/{name}/w", len(perm) + 1)[1:]
       w = jnp.transpose(layer[group][name]["w"], perm)
-      layer[group] = {**layer[group], name: {
-          "w": sharding.constrain(w, tuple(stored_axes[a] for a in perm))}}
+      axes = tuple(stored_axes[a] for a in perm)
+      if merge is not None:
+        first, count = merge
+        w = w.reshape(w.shape[:first] + (-1,) + w.shape[first + count:])
+        axes = axes[:first + 1] + axes[first + count:]
+      layer[group] = {**layer[group], name: {"w": sharding.constrain(w, axes)}}
     layers.append(layer)
   return {**params, "layers": tuple(layers)}
 
@@ -330,12 +361,18 @@ def init_cache(config: ModelConfig, batch_size: int, cache_size: int,
 
 
 def unstack_cache(cache: Cache, cache_size: int) -> Cache:
-  """A stacked cache as per-layer arrays (for `forward_hidden_unrolled`), padded with
-  empty slots (position -1) to `cache_size`: {"k": (L x [B, S, K, H]), "v": …, "pos": [B, S]}."""
+  """A stacked cache as per-layer arrays in the decode layout (for `forward_hidden_unrolled`),
+  padded with empty slots (position -1) to `cache_size`:
+  {"k": (L x [B, K, S, H]), "v": (L x [B, K, H, S]), "pos": [B, S]}."""
   extra = cache_size - cache["pos"].shape[1]
   if extra < 0:
     raise ValueError(f"cache_size {cache_size} is smaller than the cache's "
                      f"{cache['pos'].shape[1]} slots.")
-  pad = lambda x: jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))
-  return {"k": tuple(pad(k) for k in cache["k"]), "v": tuple(pad(v) for v in cache["v"]),
+  k_axes, v_axes = _CACHE_LAYOUT["decode"]
+
+  def per_layer(stacked, axes):
+    pad = [(0, extra if a == "S" else 0) for a in axes]
+    return tuple(jnp.pad(jnp.einsum(f"BSKH->{axes}", x), pad) for x in stacked)
+
+  return {"k": per_layer(cache["k"], k_axes), "v": per_layer(cache["v"], v_axes),
           "pos": jnp.pad(cache["pos"], ((0, 0), (0, extra)), constant_values=-1)}

@@ -304,7 +304,7 @@ def plan(config: ModelConfig, mesh_shape: Sequence[int], *, prompts_per_step: in
          rollout_micro_batch: int, num_attempts: int = 2, instruction_len: int = 0,
          kl_estimator: str = "exact", logits_chunk: int = 128, freeze_embedding: bool = False,
          optimizer: optax.GradientTransformation | None = None,
-         hoisted_stacks: int = 0) -> Plan:
+         hoisted_stacks: int = 0, offline_first: bool = False) -> Plan:
   """Per-device bytes of one RL step of `config` on a (data, fsdp, tensor) mesh.
 
   prompts_per_step x samples_per_prompt episodes per step, split into `micro_batches`
@@ -313,7 +313,8 @@ def plan(config: ModelConfig, mesh_shape: Sequence[int], *, prompts_per_step: in
   between attempts (the turn-2 template and instruction). Remat and dtype come from
   `config` (params, reference and Adam moments share `config.dtype`). hoisted_stacks:
   whole-stack weight all-gathers the compiler hoists out of the layer loop (0: FSDP as
-  intended, one layer at a time; 2 matches XLA:CPU).
+  intended, one layer at a time; 2 matches XLA:CPU). offline_first: some first attempts
+  come from the reference model, whose decode weight copies then live beside the policy's.
   """
   mesh = abstract_mesh(mesh_shape)
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -363,8 +364,10 @@ def plan(config: ModelConfig, mesh_shape: Sequence[int], *, prompts_per_step: in
       # One rollout call of rollout_micro_batch prompts, spread over the data-parallel devices.
       "rollout_cache_buffers": -(-rollout.rollout_memory_bytes(local, rc, rollout_micro_batch,
                                                                prompt_len) // dp),
-      # decode_params' copy keeps each weight's sharding: the block params' bytes again.
-      "decode_weights": _bytes_under(factors, "layers/") + decode_gathered,
+      # decode_params' copy keeps each weight's sharding: the block params' bytes again
+      # (twice with offline first attempts: the reference's copy too).
+      "decode_weights": (1 + offline_first) * (_bytes_under(factors, "layers/")
+                                               + decode_gathered),
       "prefill": (sampling.kv_cache_bytes(local, rollout_local, width)
                   + PREFILL_SCORE_COPIES * rollout_local * local.num_heads * width * width * 4),
   }
@@ -379,7 +382,8 @@ def plan(config: ModelConfig, mesh_shape: Sequence[int], *, prompts_per_step: in
                       f"logits_chunk={logits_chunk}"),
       "rollout_cache_buffers": (f"{rollout_local} episodes, KV cache of {max_new_tokens} new "
                                 f"tokens per attempt"),
-      "decode_weights": "sampler's per-layer weight copy (+ gathered embedding, layer)",
+      "decode_weights": ("sampler's per-layer weight copy (+ gathered embedding, layer)"
+                         + (", policy and reference" if offline_first else "")),
       "prefill": f"prompt cache + one layer's attention scores, {width}-token prompt bucket",
   }
   return Plan(terms=terms, mesh_shape=tuple(mesh_shape), notes=notes)
@@ -417,7 +421,8 @@ def plan_from_config(c) -> tuple[Plan, int]:
                 rollout_micro_batch=rl.rollout_micro_batch, num_attempts=rl.num_attempts,
                 instruction_len=mp.instruction_len, kl_estimator=rl.kl_estimator,
                 logits_chunk=rl.get("logits_chunk", 128),
-                freeze_embedding=rl.get("freeze_embedding", False))
+                freeze_embedding=rl.get("freeze_embedding", False),
+                offline_first=rl.get("offline_first_fraction", 0.0) > 0)
   return result, hbm_bytes(mp.accelerator)
 
 

@@ -161,3 +161,15 @@ def test_main_prints_the_table(capsys):
   memory_plan.main(_load(RECIPES[0]))
   out = capsys.readouterr().out
   assert "| activations | train step |" in out and out.rstrip().endswith("fits.")
+
+
+def test_offline_first_attempts_count_the_reference_decode_copy():
+  # rollout_in_chunks makes decode_weights for the policy and, with offline first attempts,
+  # for the reference too: both copies live through the rollout.
+  config = get_config("tiny", **TINY)
+  kw = dict(prompts_per_step=4, samples_per_prompt=4, micro_batches=1, prompt_len=16,
+            max_new_tokens=16, rollout_micro_batch=4, instruction_len=4)
+  one = memory_plan.plan(config, (1, 4, 1), **kw)
+  two = memory_plan.plan(config, (1, 4, 1), offline_first=True, **kw)
+  assert two.terms["decode_weights"] == 2 * one.terms["decode_weights"] > 0
+  assert two.rollout_peak - one.rollout_peak == one.terms["decode_weights"]

@@ -153,34 +153,48 @@ def _compare(name: str, ours_bn: np.ndarray, other_bn: np.ndarray) -> dict[str, 
   return result
 
 
-def bench_case(config: model.ModelConfig, params: model.Params, hf: _Hf, batch: int,
-               args: argparse.Namespace) -> dict[str, Any]:
-  """All systems at one batch size; returns medians, compile times and token checks."""
-  p, m = args.prompt_len, args.new_tokens
-  naive_steps = min(args.naive_steps or m, m)
-  prompts_bp = np.random.default_rng(args.seed + batch).integers(
-      3, config.vocab_size, (batch, p)).astype(np.int32)
+def bench_prompts(config: model.ModelConfig, batch: int, prompt_len: int,
+                  seed: int) -> tuple[np.ndarray, jax.Array, jax.Array]:
+  """Random prompts of exactly `prompt_len` tokens: (numpy [B, P], our tokens, our lengths)."""
+  prompts_bp = np.random.default_rng(seed + batch).integers(
+      3, config.vocab_size, (batch, prompt_len)).astype(np.int32)
   tokens_bp, lengths_b = (jnp.asarray(x) for x in sampling.pad_prompts(prompts_bp.tolist()))
-  if tokens_bp.shape[1] != p:
-    raise ValueError(f"--prompt_len {p} is not a sampler bucket (a power of two >= "
+  if tokens_bp.shape[1] != prompt_len:
+    raise ValueError(f"--prompt_len {prompt_len} is not a sampler bucket (a power of two >= "
                      f"{sampling.MIN_BUCKET}); pick one so that no padding is added.")
+  return prompts_bp, tokens_bp, lengths_b
 
-  compile_s, ours = {}, {}
-  # The decode loop's weight copies (`decode_weights`, made outside `sample` as
-  # `generate` and `rollout_in_chunks` do) are made inside every timed call.
+
+def compiled_ours(config: model.ModelConfig, params: model.Params, tokens_bp: jax.Array,
+                  lengths_b: jax.Array, new_tokens: int
+                  ) -> tuple[dict[str, float], dict[str, Callable[[], sampling.SampleOutput]]]:
+  """Our greedy `sample`, compiled ahead of time for `new_tokens` ("full") and 1 ("one") new
+  tokens: (compile seconds, calls). The decode loop's weight copies (`decode_weights`, made
+  outside `sample` as `generate` and `rollout_in_chunks` do) are made inside every full call."""
+  compile_s, calls = {}, {}
   jax.block_until_ready(sampling.decode_weights(config, params))  # compile
-  for name, new in (("full", m), ("one", 1)):
+  for name, new in (("full", new_tokens), ("one", 1)):
     settings = sampling.SamplingConfig(max_new_tokens=new)
     dparams = jax.eval_shape(sampling.decode_weights, config, params) if new > 1 else None
     compile_s[f"ours_{name}"], compiled = _timed(lambda: sampling.sample.lower(
         config, params, tokens_bp, lengths_b, None, settings=settings,
         dparams=dparams).compile())
     if new > 1:
-      ours[name] = lambda c=compiled: jax.block_until_ready(c(
+      calls[name] = lambda c=compiled: jax.block_until_ready(c(
           params, tokens_bp, lengths_b, None, dparams=sampling.decode_weights(config, params)))
     else:
-      ours[name] = lambda c=compiled: jax.block_until_ready(c(params, tokens_bp, lengths_b, None,
-                                                              dparams=None))
+      calls[name] = lambda c=compiled: jax.block_until_ready(c(params, tokens_bp, lengths_b, None,
+                                                               dparams=None))
+  return compile_s, calls
+
+
+def bench_case(config: model.ModelConfig, params: model.Params, hf: _Hf, batch: int,
+               args: argparse.Namespace) -> dict[str, Any]:
+  """All systems at one batch size; returns medians, compile times and token checks."""
+  p, m = args.prompt_len, args.new_tokens
+  naive_steps = min(args.naive_steps or m, m)
+  prompts_bp, tokens_bp, lengths_b = bench_prompts(config, batch, p, args.seed)
+  compile_s, ours = compiled_ours(config, params, tokens_bp, lengths_b, m)
   buffer_bt = jnp.zeros((batch, p + m), jnp.int32).at[:, :p].set(prompts_bp)
   naive_fn = _naive_loop(config, naive_steps)
   compile_s["naive"], naive_compiled = _timed(

@@ -185,28 +185,9 @@ def bench_case(config: model.ModelConfig, params: model.Params, tunix_gemma_mode
   """Ours and Tunix at one batch size: medians, compile / first-call times, token checks."""
   from tunix.generate import sampler as tunix_sampler  # pylint: disable=import-outside-toplevel
   p, m = args.prompt_len, args.new_tokens
-  prompts_bp = np.random.default_rng(args.seed + batch).integers(
-      3, config.vocab_size, (batch, p)).astype(np.int32)
-  tokens_bp, lengths_b = (jnp.asarray(x) for x in sampling.pad_prompts(prompts_bp.tolist()))
-  if tokens_bp.shape[1] != p:
-    raise ValueError(f"--prompt_len {p} is not a sampler bucket (a power of two >= "
-                     f"{sampling.MIN_BUCKET}); pick one so that no padding is added.")
-
-  compile_s, runs = {}, {}
-  jax.block_until_ready(sampling.decode_weights(config, params))  # compile
-  for name, new in (("full", m), ("one", 1)):
-    settings = sampling.SamplingConfig(max_new_tokens=new)
-    dparams = jax.eval_shape(sampling.decode_weights, config, params) if new > 1 else None
-    compile_s[f"ours_{name}"], compiled = _timed(lambda: sampling.sample.lower(
-        config, params, tokens_bp, lengths_b, None, settings=settings,
-        dparams=dparams).compile())
-    if new > 1:
-      runs[f"ours_{name}"] = lambda c=compiled: np.asarray(jax.block_until_ready(c(
-          params, tokens_bp, lengths_b, None,
-          dparams=sampling.decode_weights(config, params))).tokens)
-    else:
-      runs[f"ours_{name}"] = lambda c=compiled: np.asarray(jax.block_until_ready(c(
-          params, tokens_bp, lengths_b, None, dparams=None)).tokens)
+  prompts_bp, tokens_bp, lengths_b = hf_bench.bench_prompts(config, batch, p, args.seed)
+  compile_s, ours = hf_bench.compiled_ours(config, params, tokens_bp, lengths_b, m)
+  runs = {f"ours_{name}": lambda fn=fn: np.asarray(fn().tokens) for name, fn in ours.items()}
   if args.stored_layout:  # ours with the block weights in the stored layout, as Tunix has them.
     settings = sampling.SamplingConfig(max_new_tokens=m)
     compile_s["ours_stored_full"], compiled = _timed(lambda: sampling.sample.lower(

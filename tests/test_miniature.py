@@ -49,3 +49,15 @@ def test_reduced_experiment_runs_resumes_and_summarizes(tmp_path, capsys):
 def test_mean_spread():
   assert summary.mean_spread([0.5]) == "50.0"
   assert summary.mean_spread([0.4, 0.6]) == "50.0 ± 14.1"
+
+
+def test_per_seed_table_marks_missing_seeds():
+  metrics = lambda t1, t2, ic, ci: {"acc_t1": t1, "acc_t2": t2, "delta_i_to_c": ic,
+                                    "delta_c_to_i": ci}
+  rows = {"score": [{"seed": 0, "metrics": metrics(0.25, 0.5, 0.3, 0.05)},
+                    {"seed": 2, "metrics": metrics(0.1, 0.1, 0.0, 0.0)}],
+          "star": [{"seed": 1, "metrics": metrics(0.2, 0.3, 0.125, 0.025)}]}
+  lines = summary.per_seed_table(rows, ["score", "star"]).splitlines()
+  assert lines[0] == "| method | seed 0 | seed 1 | seed 2 |"
+  assert lines[2] == "| score | 25.0 → 50.0 (30.0 / 5.0) | – | 10.0 → 10.0 (0.0 / 0.0) |"
+  assert lines[3] == "| star | – | 20.0 → 30.0 (12.5 / 2.5) | – |"

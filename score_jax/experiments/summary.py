@@ -66,6 +66,23 @@ def results_table(rows: dict[str, list[dict]], order: Sequence[str]) -> str:
   return "\n".join(lines)
 
 
+def per_seed_table(rows: dict[str, list[dict]], order: Sequence[str]) -> str:
+  """One cell per (method, seed): 'Acc@t1 → Acc@t2 (Δi→c / Δc→i)' in percent."""
+  seeds = sorted({r["seed"] for runs in rows.values() for r in runs})
+  lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+           "|---|" + "---|" * len(seeds)]
+  for method in [m for m in order if m in rows] + sorted(set(rows) - set(order)):
+    by_seed = {r["seed"]: r["metrics"] for r in rows[method]}
+    cells = []
+    for seed in seeds:
+      m = by_seed.get(seed)
+      cells.append("–" if m is None else (
+          f"{100 * m['acc_t1']:.1f} → {100 * m['acc_t2']:.1f} "
+          f"({100 * m['delta_i_to_c']:.1f} / {100 * m['delta_c_to_i']:.1f})"))
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def paper_table() -> str:
   lines = ["| method (paper, MATH500) | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | Δc→i |", "|---|---|---|---|---|---|"]
   for method, values in PAPER_MATH500.items():
@@ -161,6 +178,8 @@ def write(workdir: str, order: Sequence[str]) -> str:
   walls = [_load(p)["seconds"] for p in glob.glob(os.path.join(workdir, "seed*", "*", "wall_time.json"))]
   text = (f"## Ours (greedy evaluation, %, mean ± std over seeds)\n\n"
           f"{results_table(rows, ['base', 'self_refine', *order])}\n\n"
+          f"Per seed, Acc@t1 → Acc@t2 (Δi→c / Δc→i):\n\n"
+          f"{per_seed_table(rows, ['base', 'self_refine', *order])}\n\n"
           f"## Paper\n\n{paper_table()}\n\n"
           f"Runs: {len(walls)}, total wall time {sum(walls) / 60:.1f} min.\n")
   with open(os.path.join(workdir, "results.md"), "w") as f:

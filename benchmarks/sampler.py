@@ -274,6 +274,22 @@ def markdown_table(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def machine() -> dict[str, Any]:
+  """The machine a run measured on: CPUs, processor, JAX devices, load average at the start."""
+  return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+          "jax_devices": [str(d) for d in jax.devices()], "loadavg_start": os.getloadavg()}
+
+
+def write_results(results: dict[str, Any], out: str | None) -> None:
+  """The JSON results to `out`, or to stdout when no path is given."""
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+      json.dump(results, f, indent=1)
+  else:
+    print(json.dumps(results, indent=1))
+
+
 def _versions() -> dict[str, str]:
   import jaxlib
   import torch
@@ -334,9 +350,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
   results: dict[str, Any] = {
       "command": " ".join(["python -m benchmarks.sampler", *argv]),
-      "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                  "jax_devices": [str(d) for d in jax.devices()],
-                  "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+      "machine": {**machine(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
                   "torch_imported_first": _TORCH_PREIMPORTED},
       "versions": _versions(), "configs": {}}
   for name in args.configs:
@@ -357,12 +371,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["configs"][name] = {"num_params": config.num_params(), "config": repr(config),
                                 "cases": cases}
   print(markdown_table(results))
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=1)
-  else:
-    print(json.dumps(results, indent=1))
+  write_results(results, args.out)
   return results
 
 

@@ -40,7 +40,6 @@ in the normal venv).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -318,9 +317,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
   results: dict[str, Any] = {
       "command": " ".join(["python -m benchmarks.tunix_sampler", *argv]),
-      "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                  "jax_devices": [str(d) for d in jax.devices()],
-                  "loadavg_start": os.getloadavg()},
+      "machine": hf_bench.machine(),
       "versions": _versions(), "configs": {}}
   for name in args.configs:
     config = hf_bench.CONFIGS[name]()
@@ -343,12 +340,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                 "logits_max_abs_diff": logits_diff, "cases": cases}
   results["machine"]["loadavg_end"] = os.getloadavg()
   print(markdown_table(results))
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=1)
-  else:
-    print(json.dumps(results, indent=1))
+  hf_bench.write_results(results, args.out)
   return results
 
 

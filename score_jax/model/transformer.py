@@ -123,11 +123,10 @@ def attention_mask(q_pos_bt: jax.Array, k_pos_bs: jax.Array, window: jax.Array) 
 
 
 # The block's contractions for each weight layout. "stored" is the params layout above
-# (training, prefill); "decode" is `decode_params`' per-layer copies, each weight with
-# its contracted axes last ([out, in]) and the query / output projections as 2-D
-# matrices over the merged heads (E = N * H). With [N, H, D] weights XLA's CPU layout
-# assignment permutes N and H inside the decode loop to suit the dot's consumers,
-# a transposed copy of both weights per layer per token.
+# (training, prefill); "decode" is `decode_params`' per-layer copies, each a 2-D
+# [out, in] matrix whose output axes are merged into one (E). With multi-axis weights
+# XLA's CPU layout assignment permutes their axes inside the decode loop to suit the
+# dot's consumers: a transposed copy of weights or activations per layer per token.
 _EINSUMS = {
     "stored": {"q": "BTD,NDH->BTNH", "kv": "BTD,CKDH->CBTKH", "attn_out": "BTNH,NHD->BTD",
                "gating": "BTD,DF->BTF", "linear": "BTF,FD->BTD"},

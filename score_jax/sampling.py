@@ -242,9 +242,9 @@ def sample(config: ModelConfig, params: transformer.Params, prompt_tokens: jax.A
     settings: SamplingConfig (static; one compile per distinct value).
     max_new_tokens_b: optional int32 [B] per-sequence limit <= settings.max_new_tokens.
     dparams: `decode_weights(config, params)`, made outside this jit (and reusable
-      across calls with the same params). Made here when None, which gives the same
-      tokens but lets XLA's CPU backend fold the copies' layout change back into the
-      loop: a transpose of two weights per layer per token (see BENCHMARKS.md).
+      across calls with the same params): as an argument its layout is fixed, so XLA
+      cannot move the copy's layout change back into the loop (see BENCHMARKS.md).
+      Made here when None, with the same tokens.
 
   Returns:
     SampleOutput; compiled once per (B, P, settings, sharding).

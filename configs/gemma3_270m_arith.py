@@ -7,22 +7,39 @@ The base model and its tokenizer come from one GGUF file: by default the
 ~/.cache, SHA-256 checked), or any Gemma 3 .gguf via
 --config.model.checkpoint=<path>. It is the pretrained base model, not the
 instruction-tuned one, so turns are plain "{prompt}\n" text
-(tokenizer.chat_template=False) and the prompt asks for MATH's final-answer
-sentence (data/prompts.py), which the math verifier reads.
+(tokenizer.chat_template=False).
 
-Sized for a CPU host or one accelerator: 8 problems x 4 samples per step,
-128 new tokens per attempt, log-probs in 32-position blocks and the tied
-262k-row embedding frozen (memory_plan: ~5.6 GiB for the Stage II step). On
-2 CPU cores a step takes minutes; on a TPU v5e-8 / one GPU, seconds. Paper
-values where they carry over: alpha 10, beta1 0.01, beta2 0.1, temperature 1;
-the learning rate is larger than the paper's 5e-6 because the run is ~100x
-shorter.
+Why a warm-start, and this prompt format (RESULTS.md, "Real Gemma 3 270M"):
+given MATH's zero-shot prompt, the pretrained base copies the instruction's
+"The final answer is $answer$." and then writes new problems until the token
+limit, so it solves 0% of chain sums and RL gets no signal. A short supervised
+warm-start (warmstart.*, 40 steps of 8 two-turn episodes on reasoning-gym's
+step-by-step solutions, y1 gold or corrupted in context, y2 repeating or fixing
+it) teaches the answer sentence, and the end of turn. With the format learned,
+the long instructions only cost compute (the update's time grows with episode
+length on a CPU), so turn 1 is the bare "Problem: ... Solution:" format and the
+turn-2 instruction is the paper's first two sentences, without the sentence
+that restates the answer format. Difficulty: 2-3 one-digit terms, where the
+warm-started model's first attempt is right on roughly a third of problems.
+
+Sized for a CPU host: 4 problems x 4 samples per step, 64 new tokens per
+attempt, log-probs in 32-position blocks and the tied 262k-row embedding frozen
+in RL. On 2 CPU cores a step takes about 1.5 minutes; on a TPU v5e-8 / one GPU,
+seconds. Paper values where they carry over: alpha 10, beta1 0.01, beta2 0.1,
+temperature 1; the learning rate is larger than the paper's 5e-6 because the
+run is ~100x shorter. The naive multi-turn RL baseline on the same budget:
+--config.rl.stage_schedule=naive_r2:20.
 """
 
 import ml_collections
 
 from configs import demo
+from score_jax.data import prompts
 from score_jax.model import gguf
+
+# The paper's turn-2 instruction without its last sentences, which restate the answer format
+# that the warm-start has taught.
+SECOND_TURN_INSTRUCTION = prompts.MATH_TURN2_INSTRUCTION.split(" Only output")[0]
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -39,16 +56,20 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.task = ml_collections.ConfigDict(dict(
       name="reasoning_gym", dataset="chain_sum",
-      params=dict(min_terms=3, max_terms=4, min_digits=1, max_digits=2),
+      params=dict(min_terms=2, max_terms=3, min_digits=1, max_digits=1),
       train_seed=1, eval_seed=2, num_train=2000, num_eval=128, verify_workers=0,
-      instruction=""))  # empty: the MATH turn-2 instruction.
+      turn1_instruction="",  # "Problem:\n{question}\n\nSolution:"
+      instruction=SECOND_TURN_INSTRUCTION))
 
-  c.warmstart.steps = 0  # the pretrained checkpoint is the base model.
+  # The warm-start's last step is the base model (and the reference for the KL terms).
+  c.warmstart.update(dict(steps=40, batch_size=8, learning_rate=2e-5, warmup_steps=5,
+                          seq_len=160, p_corrupt_context=0.4, p_second_repeats=0.5,
+                          train_wrong_first=False, log_every=5))
 
   c.rl.update(dict(
-      stage_schedule="stage1:10,stage2:20", prompts_per_step=8, samples_per_prompt=4,
-      max_new_tokens=128, temperature=1.0, learning_rate=1e-5, alpha=10.0, beta1=0.01,
-      beta2=0.1, micro_batches=4, rollout_micro_batch=32, logits_chunk=32,
+      stage_schedule="stage1:5,stage2:15", prompts_per_step=4, samples_per_prompt=4,
+      max_new_tokens=64, temperature=1.0, learning_rate=1e-5, alpha=10.0, beta1=0.01,
+      beta2=0.1, micro_batches=1, rollout_micro_batch=16, logits_chunk=32,
       freeze_embedding=True))
 
   c.checkpoint.update(every=5, keep=2)

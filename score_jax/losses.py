@@ -5,7 +5,9 @@ arrays [B, T] that select the positions whose *target* token is trained.
 
 Training never builds the whole [B, T, V] logits tensor: `chunked_token_terms`
 projects the final hidden states to logits C positions at a time (rematerialised
-in the backward pass) and keeps only per-position scalars. `token_logprobs` and
+in the backward pass) and keeps only per-position scalars; given each row's
+trained positions (`target_positions`, computed on the host from the loss mask)
+it projects only those, skipping the prompts and instructions. `token_logprobs` and
 `exact_kl` are its per-block building blocks; over full logits they (with
 `next_token_logprobs`, `shift_to_targets`) are the oracle it is tested against.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from score_jax.model.config import ModelConfig
 from score_jax.model.transformer import Params, logits_from_hidden
@@ -55,10 +58,30 @@ def _to_chunks(x_bt: jax.Array, chunk: int) -> jax.Array:
   return jnp.moveaxis(x_bt.reshape(b, n, chunk, *x_bt.shape[2:]), 1, 0)
 
 
+def target_positions(loss_mask_bt, multiple: int = 32) -> np.ndarray:
+  """Host side: each row's trained target positions, left-packed: int32 [B, P].
+
+  P is the most any row has, rounded up to `multiple` (a few compiled shapes)
+  and at most T - 1. Padding is 0, which is never a target (position 0 has no
+  context), so `index > 0` marks the real entries.
+  """
+  mask_bt = np.asarray(loss_mask_bt) > 0
+  b, t = mask_bt.shape
+  if t and mask_bt[:, 0].any():
+    raise ValueError("the loss mask selects position 0, which no context predicts.")
+  counts_b = mask_bt.sum(axis=1)
+  p = max(1, min(t - 1, -(-int(counts_b.max(initial=0)) // multiple) * multiple))
+  index_bp = np.zeros((b, p), np.int32)
+  for row, positions in enumerate(mask_bt):
+    found = np.flatnonzero(positions)
+    index_bp[row, :len(found)] = found
+  return index_bp
+
+
 def chunked_token_terms(config: ModelConfig, params: Params, h_btd: jax.Array,
                         tokens_bt: jax.Array, *, chunk: int, ref_params: Params | None = None,
-                        ref_h_btd: jax.Array | None = None,
-                        with_kl: bool = True) -> dict[str, jax.Array]:
+                        ref_h_btd: jax.Array | None = None, with_kl: bool = True,
+                        index_bp: jax.Array | None = None) -> dict[str, jax.Array]:
   """Per-target-position terms from final hidden states, `chunk` positions at a time.
 
   Returns fp32 [B, T] arrays aligned to target positions (0 at t = 0), equal to
@@ -70,6 +93,10 @@ def chunked_token_terms(config: ModelConfig, params: Params, h_btd: jax.Array,
   several [B, T, V] tensors: the per-chunk function is rematerialised
   (`jax.checkpoint`), so the backward pass recomputes a chunk's logits rather
   than storing them. chunk <= 0 means one chunk.
+
+  index_bp (`target_positions` of the loss mask): only those positions are
+  projected (the vocabulary projection is most of a small model's update);
+  the others are 0 in the outputs, so the terms are equal wherever the mask is 1.
   """
   b, t = tokens_bt.shape
   if (ref_params is None) != (ref_h_btd is None):
@@ -77,12 +104,35 @@ def chunked_token_terms(config: ModelConfig, params: Params, h_btd: jax.Array,
   if t < 2:
     zeros = jnp.zeros((b, t), jnp.float32)
     return {"logprob": zeros} | ({} if ref_params is None else {"ref_logprob": zeros, "kl": zeros})
-  chunk = t - 1 if chunk <= 0 else min(chunk, t - 1)
-  # Context position t predicts token t + 1: drop the last hidden state and the first token.
-  xs = {"h": _to_chunks(h_btd[:, :-1], chunk), "target": _to_chunks(tokens_bt[:, 1:], chunk)}
   if ref_params is not None:
-    ref_params = jax.lax.stop_gradient(ref_params)
-    xs["ref_h"] = _to_chunks(jax.lax.stop_gradient(ref_h_btd[:, :-1]), chunk)
+    ref_params, ref_h_btd = jax.lax.stop_gradient((ref_params, ref_h_btd))
+  if index_bp is None:
+    # Context position t predicts token t + 1: drop the last hidden state and the first token.
+    h_bnd, targets_bn = h_btd[:, :-1], tokens_bt[:, 1:]
+    ref_h_bnd = None if ref_h_btd is None else ref_h_btd[:, :-1]
+  else:
+    take = jax.vmap(lambda row, i: row[i])  # a per-row gather, batch-sharded like the rows.
+    context_bp = jnp.maximum(index_bp - 1, 0)
+    h_bnd, targets_bn = take(h_btd, context_bp), take(tokens_bt, index_bp)
+    ref_h_bnd = None if ref_h_btd is None else take(ref_h_btd, context_bp)
+  out_bn = _aligned_terms(config, params, h_bnd, targets_bn, chunk, ref_params, ref_h_bnd,
+                          with_kl)
+  if index_bp is None:
+    return jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (1, 0))), out_bn)
+  valid_bp = index_bp > 0
+  scatter = jax.vmap(lambda i, x: jnp.zeros((t,), x.dtype).at[i].add(x))
+  return jax.tree.map(lambda x: scatter(index_bp, jnp.where(valid_bp, x, 0.0)), out_bn)
+
+
+def _aligned_terms(config: ModelConfig, params: Params, h_bnd: jax.Array,
+                   targets_bn: jax.Array, chunk: int, ref_params: Params | None,
+                   ref_h_bnd: jax.Array | None, with_kl: bool) -> dict[str, jax.Array]:
+  """chunked_token_terms' blocks: h_bnd[:, n] predicts targets_bn[:, n]; [B, N] outputs."""
+  b, n = targets_bn.shape
+  chunk = n if chunk <= 0 else min(chunk, n)
+  xs = {"h": _to_chunks(h_bnd, chunk), "target": _to_chunks(targets_bn, chunk)}
+  if ref_params is not None:
+    xs["ref_h"] = _to_chunks(ref_h_bnd, chunk)
 
   @jax.checkpoint
   def one_chunk(params, ref_params, x):
@@ -95,10 +145,9 @@ def chunked_token_terms(config: ModelConfig, params: Params, h_btd: jax.Array,
         out["kl"] = exact_kl(logits_bcv, ref_logits_bcv)
     return out
 
-  _, out_nbc = jax.lax.scan(lambda carry, x: (carry, one_chunk(params, ref_params, x)), None, xs)
-  # [T / C, B, C] -> [B, T - 1] -> target-aligned [B, T].
-  return jax.tree.map(lambda x: jnp.pad(jnp.moveaxis(x, 0, 1).reshape(b, -1)[:, :t - 1],
-                                        ((0, 0), (1, 0))), out_nbc)
+  _, out_kbc = jax.lax.scan(lambda carry, x: (carry, one_chunk(params, ref_params, x)), None, xs)
+  # [N / C, B, C] -> [B, N].
+  return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(b, -1)[:, :n], out_kbc)
 
 
 # --- KL to the frozen reference, on generated tokens only -------------------------------------

@@ -71,11 +71,13 @@ def make_sft_step(config: ModelConfig, optimizer: optax.GradientTransformation,
   """A jitted `step(state, batch) -> (state, metrics)` with explicit shardings.
 
   The loss never builds the [B, T, V] logits: they are computed `logits_chunk`
-  positions at a time (`losses.chunked_token_terms`; 0 = one block).
+  positions at a time (`losses.chunked_token_terms`; 0 = one block), and only at
+  the batch's optional "target_index" (`losses.target_positions` of its loss mask).
   """
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   batch_shardings = {"tokens": sharding.batch_sharding(mesh, 2),
-                     "loss_mask": sharding.batch_sharding(mesh, 2)}
+                     "loss_mask": sharding.batch_sharding(mesh, 2),
+                     "target_index": sharding.batch_sharding(mesh, 2)}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   def loss_fn(params, batch):
@@ -84,7 +86,8 @@ def make_sft_step(config: ModelConfig, optimizer: optax.GradientTransformation,
                                     tokens_bt.shape)
     h_btd, _ = forward_hidden(config, params, tokens_bt, positions_bt)
     logprob_bt = losses.chunked_token_terms(config, params, h_btd, tokens_bt,
-                                            chunk=logits_chunk)["logprob"]
+                                            chunk=logits_chunk,
+                                            index_bp=batch.get("target_index"))["logprob"]
     return -losses.masked_mean(logprob_bt, batch["loss_mask"])
 
   def step(state, batch):
@@ -94,11 +97,12 @@ def make_sft_step(config: ModelConfig, optimizer: optax.GradientTransformation,
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
-  jitted = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
-                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+  jitted = sharding.jit_per_batch_keys(step, lambda shardings: (state_shardings, shardings),
+                                       batch_shardings, out_shardings=(state_shardings, replicated),
+                                       donate_argnums=0)
 
   def run(state, batch):
     with jax.set_mesh(mesh):
-      return jitted(state, batch)
+      return jitted(batch)(state, batch)
 
   return run

@@ -143,3 +143,27 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return x
   spec = P(*(_mesh_axes_for(name, dim, mesh) for name, dim in zip(logical_axes, x.shape)))
   return jax.lax.with_sharding_constraint(x, spec)
+
+
+def jit_per_batch_keys(fn, in_shardings_for, batch_shardings: dict[str, NamedSharding],
+                       **jit_kwargs):
+  """`batch -> jax.jit(fn)` for a batch dict whose optional keys vary between calls.
+
+  jit's in_shardings must match the batch's pytree, so one jitted function is
+  made (and cached) per set of keys present; `in_shardings_for(shardings of
+  those keys)` gives the whole in_shardings tuple.
+  """
+  cache = {}
+
+  def for_batch(batch: dict[str, Any]):
+    keys = tuple(sorted(batch))
+    if keys not in cache:
+      unknown = set(keys) - set(batch_shardings)
+      if unknown:
+        raise ValueError(f"unknown batch keys {sorted(unknown)}; expected some of "
+                         f"{sorted(batch_shardings)}.")
+      shardings = {key: batch_shardings[key] for key in keys}
+      cache[keys] = jax.jit(fn, in_shardings=in_shardings_for(shardings), **jit_kwargs)
+    return cache[keys]
+
+  return for_batch

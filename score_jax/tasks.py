@@ -287,8 +287,11 @@ def make_reasoning_gym(cfg: ml_collections.ConfigDict) -> Task:
   that also occur in train are skipped (counts logged). Config, e.g.:
     task=dict(name="reasoning_gym", dataset="chain_sum",
               params=dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2),
-              train_seed=1, eval_seed=2, num_train=2000, num_eval=256, instruction="")
+              train_seed=1, eval_seed=2, num_train=2000, num_eval=256, instruction="",
+              turn1_instruction="math")
   `params` are the data set's config fields (reasoning-gym's *Config dataclass).
+  turn1_instruction: "math" (MATH's, the default), "" (the bare Problem/Solution
+  format: shorter episodes for a warm-started base model) or any other text.
   """
   from absl import logging  # pylint: disable=g-import-not-at-top
   from score_jax.data import prompts, reasoning_gym_data  # pylint: disable=g-import-not-at-top
@@ -299,8 +302,10 @@ def make_reasoning_gym(cfg: ml_collections.ConfigDict) -> Task:
       cfg.dataset, params, cfg.train_seed, cfg.eval_seed, cfg.num_train, cfg.num_eval)
   logging.info("reasoning-gym %s %s: %d train, %d eval problems; %s", cfg.dataset, params,
                len(train), len(evals), counts)
-  to_example = lambda p: Example(id=p.id, prompt=prompts.math_turn1(p.question), gold=p.answer,
-                                 solution=p.solution)
+  turn1 = cfg.get("turn1_instruction", "math")
+  turn1 = prompts.MATH_TURN1_INSTRUCTION if turn1 == "math" else turn1
+  to_example = lambda p: Example(id=p.id, prompt=prompts.math_turn1(p.question, turn1),
+                                 gold=p.answer, solution=p.solution)
   by_id = {p.id: p for p in (*train, *evals)}
 
   def corrupt(example: Example, rng: np.random.Generator) -> str:

@@ -23,8 +23,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import (checkpoint, eval as evaluation, metrics as metrics_lib, model, multihost,
-                       rollout, sft, sharding, tasks, tokenizer as tokenizer_lib, train_step)
+from score_jax import (checkpoint, eval as evaluation, losses, metrics as metrics_lib, model,
+                       multihost, rollout, sft, sharding, tasks, tokenizer as tokenizer_lib,
+                       train_step)
 from score_jax import base_model
 from score_jax.base_model import load_base_model
 from score_jax.model import checkpoints, gguf as gguf_lib
@@ -201,6 +202,7 @@ def run_warmstart(run: Run, writer: metrics_lib.MetricWriter) -> model.Params:
     for step in range(start, cfg.steps):
       batch = sft.pack_examples(warmstart_examples(run, step), cfg.seq_len, run.tok.pad_id,
                                 bucket=32)
+      batch["target_index"] = losses.target_positions(batch["loss_mask"])
       state, m = step_fn(state, _host_rows_of(run, batch))
       if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
         writer.write(step + 1, m, prefix="warmstart/")
@@ -266,8 +268,9 @@ def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], d
   # (tiny) are then gathered so all processes hold the same global batch and metrics.
   num_episodes = cfg.prompts_per_step * cfg.samples_per_prompt
   rows = multihost.host_rows(num_episodes, sharding.batch_sharding(run.mesh, 1))
-  tokens_ae, lengths_a, truncated, episode_lengths = multihost.fetch(
-      (episodes.attempt_tokens, episodes.attempt_length, episodes.truncated, episodes.length))
+  tokens_ae, lengths_a, truncated, episode_lengths, loss_mask_ael = multihost.fetch(
+      (episodes.attempt_tokens, episodes.attempt_length, episodes.truncated, episodes.length,
+       episodes.loss_mask))
   texts = rollout.attempt_texts(
       episodes._replace(attempt_tokens=tokens_ae[:, rows], attempt_length=lengths_a[:, rows]),
       run.tok.decode, rc.stop_tokens)
@@ -285,8 +288,11 @@ def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], d
   # UPDATE_WIDTH_MULTIPLE), not on the rollout's worst-case buffer: a few compiled widths,
   # ~25% less update compute at the demo's size (BENCHMARKS.md, torch_score_step).
   width = trimmed_width(int(episode_lengths.max()), episodes.tokens.shape[1])
+  # Only the attempts' tokens are projected to the vocabulary in the update (for a 262k
+  # vocabulary the projection is most of the update; prompts and instructions are skipped).
   batch = {"tokens": episodes.tokens[:, :width], "loss_mask": episodes.loss_mask[..., :width],
-           "rewards": rewards}
+           "rewards": rewards,
+           "target_index": losses.target_positions(loss_mask_ael[..., :width].max(axis=0))}
   m = evaluation.transition_metrics(rewards)
   group_std = rewards[-1].reshape(-1, cfg.samples_per_prompt).std(axis=1)
   m.update(changed_answer_rate=float(changed.mean()),

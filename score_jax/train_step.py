@@ -8,7 +8,9 @@ frozen reference over the full episodes give every attempt's log-probs and KL.
 
 batch: {"tokens": int32 [E, L], "loss_mask": float32 [A, E, L],
         "rewards": float32 [A, E]} with E = prompts * k, each prompt's k
-episodes consecutive. A global batch larger than memory is split into
+episodes consecutive; optionally "target_index": int32 [E, P], the
+`losses.target_positions` of the attempts' joint mask, so that only generated
+tokens are projected to the vocabulary (train.rl_batch adds it). A global batch larger than memory is split into
 `objective.micro_batches` contiguous chunks of whole prompt groups, whose
 gradients are accumulated (identical to the unsplit step: RLOO groups never
 straddle chunks, and the loss is a mean over equal-sized chunks).
@@ -73,12 +75,13 @@ class ObjectiveConfig:
 
 
 def episode_terms(config: ModelConfig, params: Params, ref_params: Params, tokens_el: jax.Array,
-                  loss_mask_ael: jax.Array, kl_estimator: str,
-                  logits_chunk: int = 128) -> dict[str, jax.Array]:
+                  loss_mask_ael: jax.Array, kl_estimator: str, logits_chunk: int = 128,
+                  target_index_ep: jax.Array | None = None) -> dict[str, jax.Array]:
   """Per-attempt sequence log-probs and KL sums [A, E] from one forward of each model.
 
   logits_chunk > 0: hidden states once per model, then logits block by block
-  (`losses.chunked_token_terms`); 0: the full-logits reference path.
+  (`losses.chunked_token_terms`, only at target_index_ep when given); 0: the
+  full-logits reference path.
   """
   if logits_chunk > 0:
     positions_el = jnp.broadcast_to(jnp.arange(tokens_el.shape[1], dtype=jnp.int32),
@@ -88,7 +91,8 @@ def episode_terms(config: ModelConfig, params: Params, ref_params: Params, token
                                   positions_el)
     terms = losses.chunked_token_terms(config, params, h_eld, tokens_el, chunk=logits_chunk,
                                        ref_params=ref_params, ref_h_btd=ref_h_eld,
-                                       with_kl=kl_estimator == "exact")
+                                       with_kl=kl_estimator == "exact",
+                                       index_bp=target_index_ep)
     logprob_el = terms["logprob"]
     if kl_estimator == "exact":
       kl_el = terms["kl"]
@@ -165,7 +169,8 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
   ref_shardings = jax.tree.map(lambda x: x.sharding, ref_params)
   batch_shardings = {"tokens": sharding.batch_sharding(mesh, 2),
                      "loss_mask": sharding.logical_sharding(mesh, (None, "batch", None)),
-                     "rewards": sharding.logical_sharding(mesh, (None, "batch"))}
+                     "rewards": sharding.logical_sharding(mesh, (None, "batch")),
+                     "target_index": sharding.batch_sharding(mesh, 2)}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   n = obj.micro_batches
   adaptive = obj.adaptive_beta2 and obj.name == "stage1"
@@ -177,7 +182,7 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
     if obj.freeze_embedding:  # no [V, D] embedding gradient is even computed.
       params = {**params, "embedder": jax.lax.stop_gradient(params["embedder"])}
     terms = episode_terms(config, params, ref_params, micro["tokens"], micro["loss_mask"],
-                          obj.kl_estimator, obj.logits_chunk)
+                          obj.kl_estimator, obj.logits_chunk, micro.get("target_index"))
     loss, metrics = objective_loss(obj, terms["seq_logprob"], terms["kl"], micro["rewards"],
                                    beta2)
     num_tokens_a = jnp.sum(micro["loss_mask"], axis=-1)
@@ -195,9 +200,7 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
     return jnp.moveaxis(x, axis, 0)
 
   def step(state, ref_params, batch):
-    micro = {"tokens": split(batch["tokens"], False),
-             "loss_mask": split(batch["loss_mask"], True),
-             "rewards": split(batch["rewards"], True)}
+    micro = {key: split(x, key in ("loss_mask", "rewards")) for key, x in batch.items()}
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     beta2 = state["beta2"] if adaptive else None
 
@@ -220,19 +223,20 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
           gain=obj.beta2_gain, beta_min=obj.beta2_min, beta_max=obj.beta2_max)
     return new_state, metrics
 
-  jitted = jax.jit(step, in_shardings=(state_shardings, ref_shardings, batch_shardings),
-                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+  jitted = sharding.jit_per_batch_keys(
+      step, lambda shardings: (state_shardings, ref_shardings, shardings), batch_shardings,
+      out_shardings=(state_shardings, replicated), donate_argnums=0)
 
   def run(state: TrainState, ref_params: Params, batch: dict[str, Any]):
     # Episodes arrive laid out however the rollout left them: move them to the step's layout.
-    batch = jax.device_put(batch, batch_shardings)
+    batch = jax.device_put(batch, {key: batch_shardings[key] for key in batch})
     with jax.set_mesh(mesh):
-      return jitted(state, ref_params, batch)
+      return jitted(batch)(state, ref_params, batch)
 
   def lower(state, ref_params, batch):
     # The same step lowered for (abstract) arguments: memory_plan measures its compiled size.
     with jax.set_mesh(mesh):
-      return jitted.lower(state, ref_params, batch)
+      return jitted(batch).lower(state, ref_params, batch)
 
   run.lower = lower
   return run

@@ -101,6 +101,54 @@ def test_chunked_token_terms_equal_full_logits_values_and_grads(preset, override
                grads, want_grads)
 
 
+def test_target_positions_left_packs_each_rows_mask():
+  mask = np.zeros((3, 9), np.float32)
+  mask[0, [2, 3, 7]] = 1
+  mask[1, 1:9] = 1
+  got = losses.target_positions(mask, multiple=4)
+  # P = 8 (the most, already a multiple of 4), capped at T - 1 = 8; padding 0.
+  np.testing.assert_array_equal(got, [[2, 3, 7, 0, 0, 0, 0, 0], list(range(1, 9)), [0] * 8])
+  assert got.dtype == np.int32
+  assert losses.target_positions(mask[:1], multiple=4).shape == (1, 4)
+  assert losses.target_positions(np.zeros((2, 5)), multiple=4).shape == (2, 1)
+  mask[2, 0] = 1
+  with pytest.raises(ValueError, match="position 0"):
+    losses.target_positions(mask)
+
+
+def test_chunked_token_terms_at_target_positions_equal_full_path_where_masked():
+  """Projecting only the masked positions (index_bp) gives the full path's values and
+  gradients on the mask, and 0 elsewhere."""
+  import jax
+  import jax.numpy as jnp
+
+  from score_jax import model
+  config, params, ref, tokens, positions = _chunk_setup("tiny", final_logit_softcap=2.0)
+  mask = np.zeros((2, 13), np.float32)
+  mask[0, [3, 4, 5, 9, 10]] = 1  # two attempts' worth of targets, prompt and gap skipped.
+  mask[1, 6:13] = 1
+  index = jnp.asarray(losses.target_positions(mask, multiple=4))  # [2, 8]: padded rows.
+  weights = jnp.asarray(np.random.default_rng(3).normal(size=(3, 2, 13)), jnp.float32) * mask
+
+  def terms(p, index_bp):
+    h, _ = model.forward_hidden(config, p, tokens, positions)
+    ref_h, _ = model.forward_hidden(config, ref, tokens, positions)
+    return losses.chunked_token_terms(config, p, h, tokens, chunk=3, ref_params=ref,
+                                      ref_h_btd=ref_h, index_bp=index_bp)
+
+  scalar = lambda t: sum(jnp.sum(w * t[k]) for w, k in zip(weights, ("logprob", "ref_logprob",
+                                                                     "kl")))
+  want, got, want_grads, grads = jax.jit(lambda p: (
+      terms(p, None), terms(p, index), jax.grad(lambda q: scalar(terms(q, None)))(p),
+      jax.grad(lambda q: scalar(terms(q, index)))(p)))(params)
+  for key in want:
+    np.testing.assert_allclose(got[key], np.asarray(want[key]) * mask, rtol=1e-5, atol=1e-6,
+                               err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-5 * np.abs(b).max()),
+               grads, want_grads)
+
+
 def test_chunked_token_terms_never_builds_full_logits():
   import jax
 

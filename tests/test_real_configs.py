@@ -223,12 +223,14 @@ def test_gemma3_270m_config_end_to_end_on_a_tiny_gguf(tmp_path):
   gguf_lib.save_gguf(model_config, random_params(model_config, seed=0), tmp_path / "tiny.gguf",
                      tokenizer=tok)
   config.model.update(checkpoint=str(tmp_path / "tiny.gguf"), remat=False)
+  config.warmstart.update(steps=1, batch_size=8, seq_len=512)  # a 400-piece vocabulary.
   config.rl.update(stage_schedule="stage1:1,stage2:1", prompts_per_step=4, samples_per_prompt=2,
                    max_new_tokens=6, rollout_micro_batch=4, micro_batches=1)
   config.eval.batch_size = 2
   workdir = tmp_path / "run"
   results = train.train_and_evaluate(config, str(workdir))
   assert set(results) == {"base", "score"}
+  assert (workdir / "warmstart").is_dir()  # the warm-start ran on the GGUF's params.
   assert [r["rl/stage"] for r in _rl_records(workdir)] == ["stage1", "stage2"]
   exported_config, _ = checkpoints.load_hf(str(workdir / "export" / "hf"))
   assert exported_config == model_config

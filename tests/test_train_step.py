@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from score_jax import model, sft, sharding, train_step
+from score_jax import losses, model, sft, sharding, train_step
 from tests.utils import random_params
 
 E, L, K = 4, 12, 2
@@ -22,6 +22,11 @@ def setup():
   mask[1, :, 8:11] = 1.0  # y2 targets (after y1 and an instruction)
   rewards = np.array([[0, 1, 1, 0], [1, 1, 0, 0]], np.float32)
   return config, {"tokens": tokens, "loss_mask": mask, "rewards": rewards}
+
+
+def _with_target_index(batch):
+  """The batch with train.rl_batch's "target_index": only the attempts' tokens are projected."""
+  return {**batch, "target_index": losses.target_positions(batch["loss_mask"].max(0), multiple=4)}
 
 
 def _run(config, params, ref, batch, obj, mesh=None, steps=1, lr=0.1, opt=None, beta2=None):
@@ -96,12 +101,13 @@ def test_stage2_step_matches_independent_gradient(setup):
   config, batch = setup
   params, ref = random_params(config, 0), random_params(config, 1)
   lr = 0.1
-  state, hist = _run(config, params, ref, batch, _obj("stage2", alpha=10.0, beta1=0.01), lr=lr)
   grads = _manual_stage2_grads(config, params, ref, batch, 10.0, 0.01)
   expected = jax.tree.map(lambda p, g: p - lr * g, params, grads)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
-               jax.device_get(state["params"]), expected)
-  assert hist[0]["pg_loss"] != 0.0  # mistake 6: a real policy-gradient term
+  for given in (batch, _with_target_index(batch)):  # all positions / the attempts' only.
+    state, hist = _run(config, params, ref, given, _obj("stage2", alpha=10.0, beta1=0.01), lr=lr)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4),
+                 jax.device_get(state["params"]), expected)
+    assert hist[0]["pg_loss"] != 0.0  # mistake 6: a real policy-gradient term
 
 
 def test_micro_batches_and_sharding_do_not_change_the_update(setup):
@@ -111,9 +117,11 @@ def test_micro_batches_and_sharding_do_not_change_the_update(setup):
   two, _ = _run(config, params, ref, batch, _obj("stage2", micro_batches=2))
   mesh = sharding.make_mesh((2, 1, 2), jax.devices()[:4])
   sharded, _ = _run(config, params, ref, batch, _obj("stage2"), mesh=mesh)
+  indexed, _ = _run(config, params, ref, _with_target_index(batch),
+                    _obj("stage2", micro_batches=2), mesh=mesh)
   p0 = jax.device_get(params)
   base = jax.tree.map(lambda a, b: a - b, jax.device_get(one["params"]), p0)
-  for other in (two, sharded):
+  for other in (two, sharded, indexed):
     update = jax.tree.map(lambda a, b: a - b, jax.device_get(other["params"]), p0)
     # Same update up to fp32 reduction order: 1e-4 of the leaf's largest change.
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=0,

@@ -23,6 +23,8 @@ MATH_TURN1_INSTRUCTION = (
 # The instruction speaks of "the Solution of the final Problem": the Minerva
 # "Problem:/Solution:" format it was written for.
 MATH_TURN1_TEMPLATE = "{instruction}\n\nProblem:\n{problem}\n\nSolution:"
+# Without an instruction (a base model warm-started on the answer format needs none).
+MATH_PROBLEM_TEMPLATE = "Problem:\n{problem}\n\nSolution:"
 
 MATH_TURN2_INSTRUCTION = (
     "There might be an error in the solution above because of lack of understanding of the "
@@ -85,9 +87,11 @@ MBPP_EXEMPLARS: tuple[dict, ...] = (
 )
 
 
-def math_turn1(problem: str) -> str:
-  """The zero-shot MATH first-turn prompt for one problem."""
-  return MATH_TURN1_TEMPLATE.format(instruction=MATH_TURN1_INSTRUCTION, problem=problem)
+def math_turn1(problem: str, instruction: str = MATH_TURN1_INSTRUCTION) -> str:
+  """The zero-shot MATH first-turn prompt for one problem ("" drops the instruction)."""
+  if not instruction:
+    return MATH_PROBLEM_TEMPLATE.format(problem=problem)
+  return MATH_TURN1_TEMPLATE.format(instruction=instruction, problem=problem)
 
 
 def mbpp_query(text: str, tests: Sequence[str]) -> str:

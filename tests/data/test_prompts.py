@@ -28,6 +28,7 @@ def test_math_prompts_are_the_papers():
 def test_math_turn1_puts_the_problem_last_and_asks_for_the_solution():
   text = prompts.math_turn1("What is $1+1$?")
   assert text == (prompts.MATH_TURN1_INSTRUCTION + "\n\nProblem:\nWhat is $1+1$?\n\nSolution:")
+  assert prompts.math_turn1("What is $1+1$?", "") == "Problem:\nWhat is $1+1$?\n\nSolution:"
 
 
 def test_mbpp_turn1_is_three_solved_shots_then_the_open_task():

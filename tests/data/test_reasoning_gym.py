@@ -112,3 +112,9 @@ def test_make_task_reasoning_gym():
   rewards = task.rewards(responses, [e.gold for e in task.eval] * 2)
   np.testing.assert_array_equal(rewards, [1.0] * 6 + [0.0] * 6)
   assert task.answer(ex.solution) == ex.gold
+
+  cfg.update(turn1_instruction="", instruction="Check it.")
+  bare = tasks.make_task(cfg)
+  assert [e.prompt for e in bare.train] == [
+      "Problem:\n" + e.prompt.split("Problem:\n", 1)[1] for e in task.train]
+  assert bare.instruction == "Check it."

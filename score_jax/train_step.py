@@ -10,7 +10,8 @@ batch: {"tokens": int32 [E, L], "loss_mask": float32 [A, E, L],
         "rewards": float32 [A, E]} with E = prompts * k, each prompt's k
 episodes consecutive; optionally "target_index": int32 [E, P], the
 `losses.target_positions` of the attempts' joint mask, so that only generated
-tokens are projected to the vocabulary (train.rl_batch adds it). A global batch larger than memory is split into
+tokens are projected to the vocabulary (train.rl_batch adds it). A global
+batch larger than memory is split into
 `objective.micro_batches` contiguous chunks of whole prompt groups, whose
 gradients are accumulated (identical to the unsplit step: RLOO groups never
 straddle chunks, and the loss is a mean over equal-sized chunks).
@@ -229,9 +230,10 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
 
   def run(state: TrainState, ref_params: Params, batch: dict[str, Any]):
     # Episodes arrive laid out however the rollout left them: move them to the step's layout.
+    compiled_for_keys = jitted(batch)  # an unknown key is an error that names it.
     batch = jax.device_put(batch, {key: batch_shardings[key] for key in batch})
     with jax.set_mesh(mesh):
-      return jitted(batch)(state, ref_params, batch)
+      return compiled_for_keys(state, ref_params, batch)
 
   def lower(state, ref_params, batch):
     # The same step lowered for (abstract) arguments: memory_plan measures its compiled size.

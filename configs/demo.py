@@ -78,10 +78,13 @@ def get_config() -> ml_collections.ConfigDict:
   # (instructions: score_jax/self_refine.py; empty = its defaults).
   # num_attempts: greedy attempts per problem (0 = rl.num_attempts; more gives the N-attempt
   # curve); scaling_budgets: sample budgets 2K for the compute-scaling study, e.g. (2, 4, 8).
+  # split: the problems evaluated, "test" (held out) or "validation" (task.num_validation
+  # problems drawn after the train ones; for choosing hyper-parameters, see
+  # configs/miniature_study.py).
   c.eval = ml_collections.ConfigDict(dict(batch_size=64, base=True, self_refine=False,
                                           self_refine_feedback="", self_refine_refine="",
                                           num_attempts=0, scaling_budgets=(),
-                                          scaling_temperature=0.7))
+                                          scaling_temperature=0.7, split="test"))
   # The final policy as a transformers checkpoint (+ tokenizer.model); empty: <workdir>/export/hf.
   c.export = ml_collections.ConfigDict(dict(enabled=True, hf_dir=""))
   return c

@@ -232,7 +232,7 @@ def evaluate_self_refine(run: train.Run, params: model.Params) -> dict[str, Any]
   cfg = run.config.eval
   feedback = cfg.get("self_refine_feedback") or self_refine.FEEDBACK_INSTRUCTION
   refine = cfg.get("self_refine_refine") or self_refine.REFINE_INSTRUCTION
-  examples = run.task.eval
+  examples = tasks.eval_examples(run.task, cfg.get("split", "test"))
   prompts, lengths = tasks.batch_prompts([train.prompt_ids(run, ex) for ex in examples],
                                          run.tok.pad_id)
   with jax.set_mesh(run.mesh):

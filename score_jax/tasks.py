@@ -44,7 +44,7 @@ class Example:
 class Task:
   name: str
   train: tuple[Example, ...]
-  eval: tuple[Example, ...]
+  eval: tuple[Example, ...]  # the held-out test problems.
   instruction: str  # the self-correction instruction between attempts.
   reward: Callable[[str, str], float]  # (response, gold) -> 0/1.
   answer: Callable[[str], str | None]  # the final answer of a response (changed-answer rate).
@@ -52,6 +52,8 @@ class Task:
   corrupt: Callable[[Example, np.random.Generator], str] | None = None
   # (responses, golds) -> 0/1 each, verified concurrently; None: `reward` one by one.
   batch_reward: Callable[[Sequence[str], Sequence[str]], Sequence[float]] | None = None
+  # Problems in neither train nor eval, for choosing hyper-parameters (`eval.split`).
+  validation: tuple[Example, ...] = ()
 
   def rewards(self, responses: Sequence[str], golds: Sequence[str]) -> np.ndarray:
     """float32 [N] rewards of N (response, gold) pairs, through the batch verifier if any."""
@@ -64,20 +66,29 @@ class Task:
     return np.asarray(out, np.float32).reshape(len(responses))
 
 
-def _generated_task(name: str, module, wrong_attempt, cfg: ml_collections.ConfigDict) -> Task:
-  """A task of problems generated from seeds (train and eval disjoint) by `module`."""
-  train = module.make_problems(cfg.train_seed, cfg.num_train, cfg.difficulty)
-  evals = module.make_problems(cfg.eval_seed, cfg.num_eval, cfg.difficulty,
-                               exclude={p.question for p in train})
+def _generated_task(name: str, module, wrong_attempt, cfg: ml_collections.ConfigDict,
+                    make_problems=None) -> Task:
+  """A task of problems generated from seeds by `module`: train, validation, eval disjoint.
+
+  The `num_validation` validation problems are drawn from the train seed after the
+  train problems (so the train set does not depend on it); eval excludes both.
+  """
+  make_problems = make_problems or module.make_problems
+  num_val = cfg.get("num_validation", 0)
+  drawn = make_problems(cfg.train_seed, cfg.num_train + num_val, cfg.difficulty)
+  train, val = drawn[:cfg.num_train], drawn[cfg.num_train:]
+  evals = make_problems(cfg.eval_seed, cfg.num_eval, cfg.difficulty,
+                        exclude={p.question for p in drawn})
   to_example = lambda p: Example(id=p.id, prompt=p.question, gold=p.answer, solution=p.solution)
-  by_question = {p.question: p for p in (*train, *evals)}
+  by_question = {p.question: p for p in (*drawn, *evals)}
 
   def corrupt(example: Example, rng: np.random.Generator) -> str:
     return wrong_attempt(by_question[example.prompt], rng)
 
   return Task(name=name, train=tuple(map(to_example, train)), eval=tuple(map(to_example, evals)),
               instruction=module.SELF_CORRECTION_INSTRUCTION, reward=module.reward,
-              answer=module.extract_answer, corrupt=corrupt)
+              answer=module.extract_answer, corrupt=corrupt,
+              validation=tuple(map(to_example, val)))
 
 
 def make_synthetic(cfg: ml_collections.ConfigDict) -> Task:
@@ -86,8 +97,32 @@ def make_synthetic(cfg: ml_collections.ConfigDict) -> Task:
 
 
 def make_missing_operand(cfg: ml_collections.ConfigDict) -> Task:
-  """Guess-and-check: find a chain's hidden first operand (score_jax.data.missing_operand)."""
-  return _generated_task("missing_operand", missing_operand, missing_operand.wrong_attempt, cfg)
+  """Guess-and-check: find a chain's hidden first operand (score_jax.data.missing_operand).
+
+  cfg.check_step (default True) ends every response with the check `value-target=d`;
+  False leaves it out (the hard regime, where correcting is harder than copying).
+  """
+  check = bool(cfg.get("check_step", True))
+  return _generated_task(
+      "missing_operand", missing_operand,
+      lambda problem, rng: missing_operand.wrong_attempt(problem, rng, check), cfg,
+      make_problems=lambda seed, n, difficulty, exclude=frozenset():
+          missing_operand.make_problems(seed, n, difficulty, exclude, check))
+
+
+SPLITS = ("test", "validation")
+
+
+def eval_examples(task: Task, split: str = "test") -> tuple[Example, ...]:
+  """The problems evaluation runs on: "test" (task.eval, the held-out set) or "validation"."""
+  if split not in SPLITS:
+    raise ValueError(f"eval.split={split!r}: use one of {SPLITS}.")
+  if split == "validation":
+    if not task.validation:
+      raise ValueError(f"eval.split='validation' but task {task.name!r} has no validation "
+                       "problems: set --config.task.num_validation=N (generated tasks).")
+    return task.validation
+  return task.eval
 
 
 # --- local data sets ---------------------------------------------------------------------------

@@ -353,7 +353,7 @@ def evaluate_params(run: Run, params: model.Params) -> dict[str, Any]:
   """Greedy eval over eval.num_attempts attempts (N-attempt curve); plus, when
   eval.scaling_budgets is set, the inference-compute scaling study (spec §5)."""
   cfg = run.config.eval
-  examples = run.task.eval
+  examples = tasks.eval_examples(run.task, cfg.get("split", "test"))
   golds = [ex.gold for ex in examples]
   prompts, lengths = tasks.batch_prompts([prompt_ids(run, ex) for ex in examples],
                                          run.tok.pad_id)
@@ -407,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metrics_lib.MetricWriter(workdir)
   print(f"model: {run.model_config.num_params():,} params, vocab {run.tok.vocab_size}; "
         f"mesh {dict(run.mesh.shape)}; task {run.task.name}: {len(run.task.train)} train / "
-        f"{len(run.task.eval)} eval problems", flush=True)
+        f"{len(run.task.validation)} validation / {len(run.task.eval)} test problems", flush=True)
   base = run_warmstart(run, writer)
   results = {}
   if config.eval.get("base", True):  # off when an experiment evaluates the shared base once.
@@ -430,7 +430,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:  # one writer on a shared workdir.
     evaluation.write_report(results, os.path.join(workdir, "eval"))
   writer.close()
-  print(f"\nEvaluation on {len(run.task.eval)} held-out problems (greedy, %):\n{table}\n"
+  split = config.eval.get("split", "test")
+  print(f"\nEvaluation on {len(tasks.eval_examples(run.task, split))} {split} problems (greedy, %):\n{table}\n"
         f"wall time {time.time() - start:.0f} s; results in {os.path.join(workdir, 'eval')}",
         flush=True)
   return results

@@ -22,6 +22,13 @@ whether attempt 1 was right; the model must compare the chain's last value with
 the question's target itself; the check step spells that comparison out, so the
 correction is one subtraction: 8 - (-1). The reward checks only the answer, so a
 right answer after an inconsistent check still scores 1, as on MATH.
+
+Without the check step (`check=False`, the study's "hard" regime, configs/miniature_hard.py)
+a response ends at the chain's last value ("Try 8: 8+7=15, 15-4=11. Answer: 8"): to
+correct, attempt 2 must itself notice that 11 is not the target 12 and turn the
+miss into a new guess, two steps a tiny model rarely gets right, while repeating
+attempt 1 is easy. That is the regime the paper's collapse argument is about:
+copying is easier than correcting.
 """
 
 from __future__ import annotations
@@ -70,15 +77,17 @@ def _run_chain(first: int, steps: list[tuple[str, int]]) -> list[int]:
   return values
 
 
-def attempt(question: str, guess: int) -> str:
+def attempt(question: str, guess: int, check: bool = True) -> str:
   """The response that tries `guess`: the chain evaluated honestly with it, the check step
-  (chain value minus target: 0 iff the guess is right), then the guess."""
+  (chain value minus target: 0 iff the guess is right; left out with check=False), then
+  the guess."""
   steps, target = parse_question(question)
   lines, value = [], guess
   for (op, operand), result in zip(steps, _run_chain(guess, steps)):
     lines.append(f"{value}{op}{operand}={result}")
     value = result
-  lines.append(f"{value}-{target}={value - target}")
+  if check:
+    lines.append(f"{value}-{target}={value - target}")
   return f"Try {guess}: {synthetic.STEP_SEPARATOR.join(lines)}. {ANSWER_MARKER} {guess}"
 
 
@@ -90,7 +99,7 @@ def solve(question: str) -> int:
   return value
 
 
-def wrong_attempt(problem: Problem, rng: np.random.Generator) -> str:
+def wrong_attempt(problem: Problem, rng: np.random.Generator, check: bool = True) -> str:
   """A checked wrong guess near the answer (off by 1-3), its chain computed honestly.
 
   Guesses whose chain would go negative are skipped, so every number stays a
@@ -99,12 +108,14 @@ def wrong_attempt(problem: Problem, rng: np.random.Generator) -> str:
   steps, _ = parse_question(problem.question)
   gold = int(problem.answer)
   errors = [e for e in _GUESS_ERRORS if gold + e >= 0 and min(_run_chain(gold + e, steps)) >= 0]
-  return attempt(problem.question, gold + errors[int(rng.integers(len(errors)))])
+  return attempt(problem.question, gold + errors[int(rng.integers(len(errors)))], check)
 
 
 def make_problems(seed: int, n: int, difficulty: str | synthetic.Difficulty = "single_digit",
-                  exclude: set[str] | frozenset[str] = frozenset()) -> list[Problem]:
-  """`n` distinct problems: `synthetic` chains of the same seed with the first operand hidden."""
+                  exclude: set[str] | frozenset[str] = frozenset(),
+                  check: bool = True) -> list[Problem]:
+  """`n` distinct problems: `synthetic` chains of the same seed with the first operand hidden;
+  `check` says whether the gold solutions end with the check step."""
   chains = synthetic.make_problems(seed, n, difficulty,
                                    exclude={_chain_of(q) for q in exclude})
   problems = []
@@ -112,7 +123,7 @@ def make_problems(seed: int, n: int, difficulty: str | synthetic.Difficulty = "s
     first, steps = synthetic.parse_question(p.question)
     question = "?" + "".join(f"{op}{x}" for op, x in steps) + f"={p.answer}"
     problems.append(Problem(id=p.id.replace("synthetic/", "missing_operand/"), question=question,
-                            answer=str(first), solution=attempt(question, first)))
+                            answer=str(first), solution=attempt(question, first, check)))
   return problems
 
 

@@ -2,7 +2,14 @@
 
   python -m score_jax.experiments.miniature --workdir=runs/miniature \
       [--config=configs/demo.py] [--seeds=0,1,2] [--methods=score,naive_r2,...] \
-      [--config.rl.prompts_per_step=16 ...]
+      [--tune_lrs=3e-5,1e-4,3e-4 --tune_seed=100] [--config.rl.prompts_per_step=16 ...]
+
+With --tune_lrs (the pre-registered study, configs/miniature_study.py), every method
+first runs at every learning rate on the tuning seed (`<workdir>/tune/seed<t>/<method>@lr<x>`),
+evaluated on the task's validation split; each method then keeps the rate with the best
+validation Acc@t2 (ties: the smaller rate), written to `<workdir>/tune/selection.json`, and
+the reported seeds run at that rate, evaluated on the test split. The learning rate is
+the RL one and the SFT baselines' one alike.
 
 Per seed, the `base` run warm-starts the tiny model (config.seed seeds its init and
 every sampling key) and evaluates it, plus Self-Refine prompting. Every other method
@@ -58,11 +65,14 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
   node[leaf] = value
 
 
-def run_config(base: ml_collections.ConfigDict, method: str, seed: int,
-               rl_steps: int) -> ml_collections.ConfigDict:
+def run_config(base: ml_collections.ConfigDict, method: str, seed: int, rl_steps: int,
+               learning_rate: float | None = None, split: str | None = None
+               ) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(base.to_dict())
   config.seed = seed
   config.export.enabled = False
+  if split is not None:
+    config.eval.split = split
   if method == "base":
     config.rl.stage_schedule = ""
     config.eval.self_refine = True
@@ -70,7 +80,33 @@ def run_config(base: ml_collections.ConfigDict, method: str, seed: int,
   config.eval.base = False  # evaluated once, in the seed's base run.
   for key, value in method_overrides(method, rl_steps).items():
     _set(config, key, value)
+  if learning_rate is not None:  # the same rate for the RL and the SFT methods.
+    config.rl.learning_rate = learning_rate
+    config.baseline.learning_rate = learning_rate
   return config
+
+
+def lr_name(learning_rate: float) -> str:
+  return f"lr{learning_rate:g}"
+
+
+def select_learning_rates(tune_dir: str, methods: Sequence[str], lrs: Sequence[float]
+                          ) -> dict[str, dict]:
+  """method -> {"learning_rate", "validation_acc_t2": {lr: value}}: the best validation Acc@t2
+  of each method's tuning runs (ties: the smaller rate). Every run must have finished."""
+  out = {}
+  for method in methods:
+    scores = {}
+    for lr in sorted(lrs):
+      path = os.path.join(tune_dir, f"{method}@{lr_name(lr)}", "eval", "eval.json")
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: finish the tuning runs first.")
+      with open(path) as f:
+        scores[lr] = json.load(f)[method]["metrics"]["acc_t2"]
+    best = max(scores.values())
+    out[method] = {"learning_rate": min(lr for lr, v in scores.items() if v == best),
+                   "validation_acc_t2": {lr_name(lr): v for lr, v in scores.items()}}
+  return out
 
 
 def _seed_from_base(base_dir: str, workdir: str) -> None:
@@ -88,24 +124,50 @@ def _seed_from_base(base_dir: str, workdir: str) -> None:
       shutil.copy(src, dst)
 
 
-def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
-            methods: Sequence[str], rl_steps: int) -> None:
-  """Runs (or resumes) base + every method for every seed, in order, showing progress."""
-  from score_jax import train  # heavy import (jax), kept out of summarize's path.
+def _git_commit() -> str:
+  import subprocess
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
 
-  jobs = [(seed, m) for seed in seeds for m in ("base", *methods)]
-  for i, (seed, method) in enumerate(jobs):
-    run_dir = os.path.join(workdir, f"seed{seed}", method)
+
+def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
+            methods: Sequence[str], rl_steps: int, learning_rates: dict[str, float] | None = None,
+            split: str | None = None, lr_suffix: Sequence[float] = ()) -> None:
+  """Runs (or resumes) base + every method for every seed, in order, showing progress.
+
+  learning_rates: method -> rate (the tuned ones); lr_suffix: run every method at each of
+  these rates instead (the tuning grid, directories `<method>@lr<x>`).
+  """
+  from score_jax import train  # heavy import (jax), kept out of summarize's path.
+  from score_jax.experiments import regime
+
+  variants = [(m, lr) for m in methods for lr in lr_suffix] if lr_suffix else [
+      (m, (learning_rates or {}).get(m)) for m in methods]
+  jobs = [(seed, m, lr) for seed in seeds for m, lr in [("base", None), *variants]]
+  for i, (seed, method, lr) in enumerate(jobs):
+    name = f"{method}@{lr_name(lr)}" if lr_suffix and method != "base" else method
+    run_dir = os.path.join(workdir, f"seed{seed}", name)
+    label = f"[{i + 1}/{len(jobs)}] seed {seed} {name}"
     if os.path.exists(os.path.join(run_dir, "eval", "eval.json")):
-      print(f"[{i + 1}/{len(jobs)}] seed {seed} {method}: done, skipped", flush=True)
+      print(f"{label}: done, skipped", flush=True)
       continue
-    print(f"[{i + 1}/{len(jobs)}] seed {seed} {method}: running in {run_dir}", flush=True)
+    print(f"{label}: running in {run_dir}", flush=True)
     t0 = time.time()
     if method != "base":
       _seed_from_base(os.path.join(workdir, f"seed{seed}", "base"), run_dir)
-    train.train_and_evaluate(run_config(base, method, seed, rl_steps), run_dir)
+    config = run_config(base, method, seed, rl_steps, lr, split)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "commits.txt"), "a") as f:  # one line per (re)start.
+      f.write(f"{_git_commit()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+    train.train_and_evaluate(config, run_dir)
+    if method == "base" and config.task.get("num_validation", 0):
+      check = regime.check(config, run_dir)
+      print(f"{label}: regime check (validation, base model): {regime.describe(check)}", flush=True)
     with open(os.path.join(run_dir, "wall_time.json"), "w") as f:
-      json.dump({"seconds": time.time() - t0}, f)
+      json.dump({"seconds": time.time() - t0, "commit": _git_commit()}, f)
 
 
 def main(argv) -> None:
@@ -120,8 +182,23 @@ def main(argv) -> None:
   seeds = [int(s) for s in _SEEDS.value.split(",") if s]
   rl_steps = _RL_STEPS.value or sum(int(x.split(":")[1]) for x in
                                     _CONFIG.value.rl.stage_schedule.split(",") if x)
+  lrs = [float(x) for x in _TUNE_LRS.value.split(",") if x]
+  selected = None
+  if lrs:
+    tune_dir = os.path.join(_WORKDIR.value, "tune")
+    if not _SUMMARIZE_ONLY.value:
+      run_all(_CONFIG.value, tune_dir, [_TUNE_SEED.value], methods, rl_steps, split="validation",
+              lr_suffix=lrs)
+    selection = select_learning_rates(os.path.join(tune_dir, f"seed{_TUNE_SEED.value}"), methods,
+                                      lrs)
+    with open(os.path.join(tune_dir, "selection.json"), "w") as f:
+      json.dump({"tune_seed": _TUNE_SEED.value, "grid": lrs, "methods": selection}, f, indent=1)
+    selected = {m: s["learning_rate"] for m, s in selection.items()}
+    print("selected learning rates (validation Acc@t2): " + ", ".join(
+        f"{m} {lr:g}" for m, lr in selected.items()), flush=True)
   if not _SUMMARIZE_ONLY.value:
-    run_all(_CONFIG.value, _WORKDIR.value, seeds, methods, rl_steps)
+    run_all(_CONFIG.value, _WORKDIR.value, seeds, methods, rl_steps, learning_rates=selected,
+            split="test" if lrs else None)
   print(summary.write(_WORKDIR.value, methods), flush=True)
 
 
@@ -137,6 +214,9 @@ if __name__ == "__main__":
   _METHODS = flags.DEFINE_string("methods", ",".join(METHODS), "Comma-separated methods.")
   _RL_STEPS = flags.DEFINE_integer("rl_steps", 0, "Updates per method; 0 = the config's "
                                    "rl.stage_schedule total.")
+  _TUNE_LRS = flags.DEFINE_string("tune_lrs", "", "Comma-separated learning-rate grid: tune "
+                                  "every method on the validation split first (empty: no tuning).")
+  _TUNE_SEED = flags.DEFINE_integer("tune_seed", 100, "The tuning runs' seed (never reported).")
   _SUMMARIZE_ONLY = flags.DEFINE_bool("summarize_only", False, "Only rewrite results.md and plots.")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -83,3 +83,41 @@ def test_problems_are_the_synthetic_chains_and_exclude_is_respected():
 def test_bad_question_names_the_expected_form():
   with pytest.raises(ValueError, match=r"\?\+7-4=12"):
     missing_operand.parse_question("9+7-4=?")
+
+
+def test_check_free_responses_end_at_the_chain_value():
+  """check=False (the hard regime): the honest chain without the `value-target=d` step."""
+  question = "?+7-4=12"
+  assert missing_operand.attempt(question, 8, check=False) == "Try 8: 8+7=15, 15-4=11. Answer: 8"
+  assert missing_operand.attempt(question, 8) == "Try 8: 8+7=15, 15-4=11, 11-12=-1. Answer: 8"
+  rng = np.random.default_rng(0)
+  for p in missing_operand.make_problems(4, 50, "single_digit", check=False):
+    _, gold_steps, gold = read_attempt(p.solution)
+    assert gold_steps[-1][3] == int(p.question.split("=")[1])  # no check step: ends at the target
+    assert len(gold_steps) == p.question.count("+") + p.question.count("-")
+    guess, steps, answer = read_attempt(missing_operand.wrong_attempt(p, rng, check=False))
+    assert guess == answer != gold and len(steps) == len(gold_steps)
+    assert steps[-1][3] != gold_steps[-1][3]  # an honest chain of a wrong guess misses the target
+
+
+def test_task_splits_are_disjoint_and_train_does_not_depend_on_validation():
+  import ml_collections
+  from score_jax import tasks
+  cfg = lambda **kw: ml_collections.ConfigDict(dict(
+      name="missing_operand", difficulty="single_digit", train_seed=1, eval_seed=2, num_train=300,
+      num_eval=100, instruction="", **kw))
+  plain, split = tasks.make_task(cfg()), tasks.make_task(cfg(num_validation=120, check_step=False))
+  questions = lambda xs: [x.prompt for x in xs]
+  assert questions(plain.train) == questions(split.train)
+  assert len(split.validation) == 120 and len(split.eval) == 100
+  train, val, test = (set(questions(x)) for x in (split.train, split.validation, split.eval))
+  assert not (train & val) and not (train & test) and not (val & test)
+  n_ops = lambda q: q.count("+") + q.count("-")
+  assert all(len(read_attempt(x.solution)[1]) == n_ops(x.prompt) for x in split.train)  # no check
+  assert all(len(read_attempt(x.solution)[1]) == n_ops(x.prompt) + 1 for x in plain.train)
+  assert tasks.eval_examples(split, "validation") == split.validation
+  assert tasks.eval_examples(split, "test") == split.eval
+  with pytest.raises(ValueError, match="num_validation"):
+    tasks.eval_examples(plain, "validation")
+  with pytest.raises(ValueError, match="eval.split"):
+    tasks.eval_examples(plain, "train")

@@ -1,0 +1,84 @@
+"""Is a warm-started base model in the regime a study needs? Measured before any method runs.
+
+The study's hard regime must make copying easier than correcting (RESULTS.md, pre-registered):
+the base model's greedy first attempt is right 20-60% of the time and it rarely changes its
+answer; *sampled* second attempts (temperature rl.temperature, what RL explores with) change
+5-15% of answers, and only a minority of those changes are right. All of it is measured on
+the validation problems, never the test set, from the warm-start checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from score_jax import eval as evaluation, metrics as metrics_lib, multihost, rollout, tasks, train
+
+# name -> (low, high) of the pre-registered bounds (fractions).
+CRITERIA = {"greedy_acc_t1": (0.20, 0.60), "greedy_changed_answer_rate": (0.0, 0.10),
+            "sampled_changed_answer_rate": (0.05, 0.15), "sampled_right_among_changed": (0.0, 0.5)}
+
+
+def sampled_metrics(run: train.Run, params, examples, *, seed: int, repeats: int) -> dict[str, float]:
+  """Metrics of `repeats` sampled episodes per problem (one key each), plus the share of
+  changed answers whose second attempt is right."""
+  rc = dataclasses.replace(train.rollout_config(run), samples_per_prompt=1,
+                           offline_first_fraction=0.0)
+  prompts, lengths = tasks.batch_prompts([train.prompt_ids(run, ex) for ex in examples],
+                                         run.tok.pad_id)
+  golds, n = [ex.gold for ex in examples], len(examples)
+  size, prompts, lengths = evaluation.pad_to_micro_batches(prompts, lengths,
+                                                           run.config.eval.batch_size)
+  results = []
+  with jax.set_mesh(run.mesh):
+    for r in range(repeats):
+      episodes = rollout.rollout_in_chunks(run.model_config, params, prompts, lengths,
+                                           jax.random.key(seed * 1000 + r), rc=rc, micro_batch=size)
+      texts = [t[:n] for t in rollout.attempt_texts(episodes, run.tok.decode, rc.stop_tokens)]
+      truncated = multihost.fetch(episodes.truncated)[:, :n]
+      results.append(evaluation.score_attempts(texts, golds, truncated, reward_fn=run.task.reward,
+                                               answer_fn=run.task.answer))
+  out = {k: float(np.mean([r["metrics"][k] for r in results])) for k in results[0]["metrics"]}
+  changed = np.concatenate([[a != b for a, b in zip(*r["answers"][:2])] for r in results])
+  right2 = np.concatenate([np.asarray(r["correct"][1]) for r in results])
+  out["right_among_changed"] = float(right2[changed].mean()) if changed.any() else float("nan")
+  out["episodes"] = float(repeats * n)
+  return out
+
+
+def check(config: ml_collections.ConfigDict, run_dir: str, *, repeats: int = 4) -> dict[str, Any]:
+  """Measures the run's warm-started base on the validation split; writes regime_check.json."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  run = train.setup(config, run_dir)
+  writer = metrics_lib.MetricWriter(os.path.join(run_dir, "regime_check"), tensorboard=False)
+  try:
+    base = train.run_warmstart(run, writer)  # the finished checkpoint: no step runs.
+  finally:
+    writer.close()
+  examples = tasks.eval_examples(run.task, "validation")
+  config.eval.split = "validation"
+  greedy = train.evaluate_params(run, base)["metrics"]
+  sampled = sampled_metrics(run, base, examples, seed=config.seed, repeats=repeats)
+  values = {"greedy_acc_t1": greedy["acc_t1"],
+            "greedy_changed_answer_rate": greedy["changed_answer_rate"],
+            "sampled_changed_answer_rate": sampled["changed_answer_rate"],
+            "sampled_right_among_changed": sampled["right_among_changed"]}
+  result = {"values": values, "criteria": CRITERIA,
+            "met": {k: bool(lo <= values[k] <= hi) for k, (lo, hi) in CRITERIA.items()},
+            "greedy": greedy, "sampled": sampled, "problems": len(examples)}
+  result["all_met"] = all(result["met"].values())
+  with open(os.path.join(run_dir, "regime_check.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  return result
+
+
+def describe(result: dict[str, Any]) -> str:
+  return ", ".join(f"{k} {100 * v:.1f}% ({'ok' if result['met'][k] else 'OUT of'} "
+                   f"[{100 * CRITERIA[k][0]:.0f}, {100 * CRITERIA[k][1]:.0f}])"
+                   for k, v in result["values"].items())

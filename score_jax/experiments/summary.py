@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from score_jax import eval as evaluation
+from score_jax.experiments import stats
 
 COLUMNS = ("acc_t1", "acc_t2", "delta", "delta_i_to_c", "delta_c_to_i", "changed_answer_rate")
 HEADER = ("method", "Acc@t1", "Acc@t2", "Δ(t1,t2)", "Δi→c", "Δc→i", "changed", "seeds")
@@ -83,6 +84,59 @@ def per_seed_table(rows: dict[str, list[dict]], order: Sequence[str]) -> str:
   return "\n".join(lines)
 
 
+def interval_table(rows: dict[str, list[dict]], order: Sequence[str]) -> str:
+  """Per method: mean [95% bootstrap interval over seeds] of every column, in percent."""
+  lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+  for method in [m for m in order if m in rows] + sorted(set(rows) - set(order)):
+    cells = []
+    for c in COLUMNS:
+      mean, lo, hi = stats.bootstrap_ci([100 * r["metrics"].get(c, np.nan) for r in rows[method]])
+      cells.append(f"{mean:.1f} [{lo:.1f}, {hi:.1f}]")
+    lines.append(f"| {method} | " + " | ".join(cells) + f" | {len(rows[method])} |")
+  return "\n".join(lines)
+
+
+PAIRED_METRICS = ("acc_t2", "delta")
+
+
+def paired_table(rows: dict[str, list[dict]], order: Sequence[str], reference: str = "score"
+                 ) -> str:
+  """reference − X per seed for every other method X: mean [95% interval], sign test, verdict."""
+  if reference not in rows:
+    return f"(no {reference} runs yet)"
+  by_seed = lambda method, c: {r["seed"]: 100 * r["metrics"][c] for r in rows[method]}
+  header = ["X"] + [f"{reference} − X, {c}" for c in PAIRED_METRICS] + [
+      f"sign test ({c}: +/−, p)" for c in PAIRED_METRICS] + ["verdict (Acc@t2 / Δ)", "seeds"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for method in [m for m in order if m in rows and m != reference] + sorted(
+      set(rows) - set(order) - {reference}):
+    cmp = {c: stats.paired(by_seed(reference, c), by_seed(method, c)) for c in PAIRED_METRICS}
+    cells = [f"{cmp[c]['mean']:+.1f} [{cmp[c]['lo']:+.1f}, {cmp[c]['hi']:+.1f}]"
+             for c in PAIRED_METRICS]
+    cells += [f"{cmp[c]['positive']}/{cmp[c]['negative']}, {cmp[c]['p']:.3f}"
+              for c in PAIRED_METRICS]
+    cells.append(" / ".join(stats.verdict(cmp[c]) for c in PAIRED_METRICS))
+    lines.append(f"| {method} | " + " | ".join(cells) + f" | {cmp['acc_t2']['seeds']} |")
+  return "\n".join(lines)
+
+
+def collapse_table(workdir: str, methods: Sequence[str], window: int = 10) -> str:
+  """Per method and seed: training-batch changed-answer rate, first vs last `window` updates;
+  'collapsed' (pre-registered) when the last window's mean is below half the first's."""
+  lines = ["| method | changed, first 10 updates | changed, last 10 updates | collapsed seeds |",
+           "|---|---|---|---|"]
+  for method in methods:
+    curves = training_curves(workdir, method, ["changed_answer_rate"])["changed_answer_rate"]
+    if curves.shape[1] < 2 * window:
+      continue
+    first, last = curves[:, :window].mean(1), curves[:, -window:].mean(1)
+    collapsed = int((last < first / 2).sum())
+    f, l = (stats.bootstrap_ci(100 * x) for x in (first, last))
+    lines.append(f"| {method} | {f[0]:.1f} [{f[1]:.1f}, {f[2]:.1f}] | "
+                 f"{l[0]:.1f} [{l[1]:.1f}, {l[2]:.1f}] | {collapsed} of {len(first)} |")
+  return "\n".join(lines)
+
+
 def paper_table() -> str:
   lines = ["| method (paper, MATH500) | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δi→c | Δc→i |", "|---|---|---|---|---|---|"]
   for method, values in PAPER_MATH500.items():
@@ -122,6 +176,12 @@ def _smooth(x: np.ndarray, window: int = 5) -> np.ndarray:
   return np.convolve(x, np.ones(window) / window, mode="valid")
 
 
+def _band(per_seed_st: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Mean over seeds and its 95% bootstrap interval, per step (one seed: no band)."""
+  cis = np.array([stats.bootstrap_ci(col, resamples=2000) for col in per_seed_st.T])
+  return cis[:, 0], cis[:, 1], cis[:, 2]
+
+
 def plot_curves(workdir: str, methods: Sequence[str], path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -134,13 +194,14 @@ def plot_curves(workdir: str, methods: Sequence[str], path: str) -> None:
     for ax, k in zip(axes, keys):
       if curves[k].size:
         per_seed = np.stack([_smooth(c) for c in curves[k]])
-        y, lo, hi = per_seed.mean(0), per_seed.min(0), per_seed.max(0)
+        y, lo, hi = _band(per_seed)
         x = np.arange(len(y)) + 1
         (line,) = ax.plot(x, 100 * y, label=f"{method} ({len(per_seed)} seeds)")
         ax.fill_between(x, 100 * lo, 100 * hi, color=line.get_color(), alpha=0.15)
   for ax, k in zip(axes, keys):
     ax.set_title(f"{k} (%), training batches")
-    ax.set_xlabel("RL step (5-step moving mean; band: min-max over seeds)", fontsize=8)
+    ax.set_xlabel("update (5-update moving mean; band: 95% bootstrap interval over seeds)",
+                  fontsize=8)
     ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -173,11 +234,18 @@ def write(workdir: str, order: Sequence[str]) -> str:
   """Writes results.md, curves.png and edit_distance.png into workdir; returns the markdown."""
   rows = collect(workdir)
   plot_curves(workdir, [m for m in ("naive_r2", "naive_sum", "score") if m in rows],
-              os.path.join(workdir, "curves.png"))
+              os.path.join(workdir, "curves.png"))  # the paper's Fig. 5/6 analogue.
   plot_edit_distance(rows, ["base", "self_refine", *order], os.path.join(workdir, "edit_distance.png"))
   walls = [_load(p)["seconds"] for p in glob.glob(os.path.join(workdir, "seed*", "*", "wall_time.json"))]
+  curve_methods = [m for m in ("naive_r2", "naive_sum", "score") if m in rows]
   text = (f"## Ours (greedy evaluation, %, mean ± std over seeds)\n\n"
           f"{results_table(rows, ['base', 'self_refine', *order])}\n\n"
+          f"Mean [95% bootstrap interval over seeds]:\n\n"
+          f"{interval_table(rows, ['base', 'self_refine', *order])}\n\n"
+          f"Paired over seeds, SCoRe − X (points):\n\n"
+          f"{paired_table(rows, ['base', 'self_refine', *order])}\n\n"
+          f"Changed-answer rate on training batches (collapse: last < first / 2):\n\n"
+          f"{collapse_table(workdir, curve_methods)}\n\n"
           f"Per seed, Acc@t1 → Acc@t2 (Δi→c / Δc→i):\n\n"
           f"{per_seed_table(rows, ['base', 'self_refine', *order])}\n\n"
           f"## Paper\n\n{paper_table()}\n\n"

@@ -146,10 +146,9 @@ def _tracked_text_files() -> list[str]:
                          cwd=ROOT, check=True, capture_output=True)
     paths = [p for p in out.stdout.decode().split("\0") if p]
   except (OSError, subprocess.CalledProcessError):  # not a git checkout: walk the tree.
-    skip = {".git", ".venv", "runs", "__pycache__", ".pytest_cache"}
     paths = []
-    for directory, dirs, files in os.walk(ROOT):
-      dirs[:] = [d for d in dirs if d not in skip]
+    for directory, dirs, files in os.walk(ROOT):  # no hidden folders (.git, .venv*) or runs.
+      dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("runs", "__pycache__")]
       paths += [os.path.relpath(os.path.join(directory, f), ROOT) for f in files]
   texts = {}
   for path in paths:

@@ -147,9 +147,10 @@ def _tracked_text_files() -> list[str]:
     paths = [p for p in out.stdout.decode().split("\0") if p]
   except (OSError, subprocess.CalledProcessError):  # not a git checkout: walk the tree.
     paths = []
-    for directory, dirs, files in os.walk(ROOT):  # no hidden folders (.git, .venv*) or runs.
-      dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("runs", "__pycache__")]
-      paths += [os.path.relpath(os.path.join(directory, f), ROOT) for f in files]
+    skip = (".git", ".pytest_cache", "__pycache__", "runs")
+    for directory, dirs, files in os.walk(ROOT):
+      dirs[:] = [d for d in dirs if d not in skip and not d.startswith(".venv")]
+      paths += [os.path.relpath(os.path.join(directory, f), ROOT) for f in files if f != ".git"]
   texts = {}
   for path in paths:
     full = os.path.join(ROOT, path)

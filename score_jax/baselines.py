@@ -1,4 +1,4 @@
-"""The SFT baselines of spec §6, STaR and Pair-SFT, and the Self-Refine evaluation row.
+"""The SFT baselines of docs/method.md §6, STaR and Pair-SFT, and the Self-Refine evaluation row.
 
 STaR (Zelikman et al. 2022, as the SCoRe paper applies it to self-correction):
 sample two-attempt episodes from the current policy, keep those whose second
@@ -14,7 +14,7 @@ correct attempt is also paired with another correct one (D+).
 Only the target attempt is trained (loss mask 1 on its tokens only). A target
 that hit max_new_tokens without a stop token gets `<end_of_turn>` appended (and
 trained), so the model learns complete turns; contexts use exactly the sampled
-ids, with the same turn-closing token the rollout inserted (spec §7.9).
+ids, with the same turn-closing token the rollout inserted (docs/method.md §7.9).
 
 Budget (the same as the RL schedule, issue 8): step s samples
 `rl.prompts_per_step` problems (the same draw as RL step s) x

@@ -1,4 +1,4 @@
-"""Self-correction metrics (spec §5) and greedy multi-attempt evaluation.
+"""Self-correction metrics (docs/method.md §5) and greedy multi-attempt evaluation.
 
 The metric functions are pure numpy over per-attempt correctness / answers /
 texts; `evaluate` runs a greedy rollout of N attempts on a problem set, verifies
@@ -117,7 +117,7 @@ def compute_scaling(config: ModelConfig, params: Params, prompts: np.ndarray,
                     rc: rollout.RolloutConfig, budgets: Sequence[int],
                     decode: Callable[[list[int]], str], reward_fn, answer_fn,
                     micro_batch: int, seed: int = 0) -> dict[str, list[float]]:
-  """Inference-compute scaling (spec §5): with 2K samples per problem, majority vote over 2K
+  """Inference-compute scaling (method.md §5): with 2K samples per problem, majority vote over 2K
   parallel first attempts vs over K first attempts each followed by one self-correction.
 
   One rollout of max(budgets) = 2K_max episodes per problem at rc.temperature (0.7 in the
@@ -180,7 +180,7 @@ def _plot(results: dict[str, dict[str, Any]], path: str) -> None:
   scaled = [name for name in names if "scaling" in results[name]]
   panels = len(names) + 1 + bool(scaled)
   fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.5))
-  if scaled:  # majority vote over 2K parallel samples vs K self-corrected ones (spec §5).
+  if scaled:  # majority vote over 2K parallel samples vs K self-corrected ones (method.md §5).
     ax = axes[-1]
     for name in scaled:
       sc = results[name]["scaling"]

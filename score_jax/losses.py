@@ -251,7 +251,7 @@ def stage1_loss(seq_logprob_ae: jax.Array, kl_ae: jax.Array, rewards_ae: jax.Arr
 def adaptive_beta2(beta2: jax.Array, kl1: jax.Array, pg2_abs: jax.Array, *, target_ratio: float,
                    gain: float, beta_min: float, beta_max: float,
                    max_error: float = 0.2) -> jax.Array:
-  """Stage I's adaptive beta2 (spec §2): keep beta2 * KL_1 comparable to the y2 objective.
+  """Stage I's adaptive beta2 (method.md §2.4): keep beta2 * KL_1 comparable to the y2 objective.
 
   A proportional controller in the form of Ziegler et al. (2019),
     rho = beta2 * KL_1 / (target_ratio * M2),   M2 = mean_e |A2_e log pi(y2_e | x2_e)|,

@@ -3,7 +3,7 @@
 The context of attempt t+1 is built by concatenating token ids on device —
 context_t + y_t (+ a turn-closing token if y_t was truncated) + instruction —
 never by decoding and re-tokenising text, so the trained tokens are exactly the
-sampled ones (spec §7.9), and y_{t+1} always sees y_t (§7.4).
+sampled ones (docs/method.md §7.9), and y_{t+1} always sees y_t (§7.4).
 
 An episode is stored once, left-aligned, as the full token sequence
 [x1 | y1 | close? | instr | y2 | pad]; attempt t's tokens are selected by

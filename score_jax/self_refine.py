@@ -1,4 +1,4 @@
-"""Self-Refine-style prompting (Madaan et al. 2023) as an evaluation-only baseline (spec §6).
+"""Self-Refine-style prompting (Madaan et al. 2023) as an evaluation-only baseline (method.md §6).
 
 generate -> feedback -> refine, all by the same model and without external
 feedback: the model answers (y1), is asked to review its answer (f), then to

@@ -132,7 +132,8 @@ def _require_path(cfg: ml_collections.ConfigDict, key: str, what: str) -> str:
   path = cfg.get(key) or ""
   if not path:
     raise ValueError(f"task.{key} is empty: set --config.task.{key}=<path to {what}>. The data "
-                     "sets are read from local files (see WORKSPACE.md, 'Configs').")
+                     "sets are read from local files (README.md, \"The paper's settings on "
+                     "Gemma 2 2B\").")
   return os.path.expanduser(path)
 
 

@@ -351,7 +351,7 @@ def run_rl(run: Run, base_params: model.Params,
 
 def evaluate_params(run: Run, params: model.Params) -> dict[str, Any]:
   """Greedy eval over eval.num_attempts attempts (N-attempt curve); plus, when
-  eval.scaling_budgets is set, the inference-compute scaling study (spec §5)."""
+  eval.scaling_budgets is set, the inference-compute scaling study (docs/method.md §5)."""
   cfg = run.config.eval
   examples = tasks.eval_examples(run.task, cfg.get("split", "test"))
   golds = [ex.gold for ex in examples]
@@ -412,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results = {}
   if config.eval.get("base", True):  # off when an experiment evaluates the shared base once.
     results["base"] = evaluate_params(run, base)
-  if config.eval.get("self_refine", False):  # prompting baseline of the base model (spec §6).
+  if config.eval.get("self_refine", False):  # prompting baseline of the base model (method.md §6).
     results["self_refine"] = baselines.evaluate_self_refine(run, base)
   if results:
     print(evaluation.format_table({k: r["metrics"] for k, r in results.items()}), flush=True)

@@ -120,7 +120,7 @@ def episode_terms(config: ModelConfig, params: Params, ref_params: Params, token
 def objective_loss(obj: ObjectiveConfig, seq_logprob_ae: jax.Array, kl_ae: jax.Array,
                    rewards_ae: jax.Array,
                    beta2: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The loss named by `obj.name` (see the spec §2 and §6); `beta2` overrides obj.beta2."""
+  """The loss named by `obj.name` (docs/method.md §2 and §6); `beta2` overrides obj.beta2."""
   k, est = obj.samples_per_prompt, obj.estimator
   if obj.name == "stage1":
     return losses.stage1_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,

@@ -1,4 +1,4 @@
-"""Self-correction metrics against hand-computed values (spec §5)."""
+"""Self-correction metrics against hand-computed values (docs/method.md §5)."""
 
 import numpy as np
 import pytest

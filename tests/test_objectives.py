@@ -20,7 +20,7 @@ KL = np.array([[0.2, 0.4, 0.6, 0.8], [1.0, 0.5, 0.0, 1.5]])
 
 
 def test_shaped_rewards_alpha_10():
-  # The spec's table: 0->1: 11, 1->0: -10, 1->1: 1, 0->0: 0.
+  # docs/method.md §2.5's table: 0->1: 11, 1->0: -10, 1->1: 1, 0->0: 0.
   big_r1, big_r2 = losses.shaped_rewards(R1, R2, alpha=10.0)
   np.testing.assert_array_equal(big_r1, R1)
   np.testing.assert_array_equal(big_r2, [11.0, 1.0, -10.0, 0.0])
@@ -83,7 +83,7 @@ def test_exact_kl_direction_and_gradient():
   q_logits = rng.normal(size=(1, 3, 5)).astype(np.float32)
   p = np.exp(p_logits) / np.exp(p_logits).sum(-1, keepdims=True)
   q = np.exp(q_logits) / np.exp(q_logits).sum(-1, keepdims=True)
-  forward = (p * np.log(p / q)).sum(-1)   # KL(pi_theta || pi_ref): the spec's direction
+  forward = (p * np.log(p / q)).sum(-1)   # KL(pi_theta || pi_ref): method.md §2.3's direction
   reverse = (q * np.log(q / p)).sum(-1)
   got = np.asarray(losses.exact_kl(p_logits, q_logits))
   np.testing.assert_allclose(got, forward, rtol=1e-5)

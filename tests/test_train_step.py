@@ -1,4 +1,4 @@
-"""RL train steps: the spec's §7 mistakes ruled out, micro-batching and sharding invariance."""
+"""RL train steps: method.md §7's mistakes ruled out, micro-batching and sharding invariance."""
 
 import jax
 import jax.numpy as jnp

@@ -61,3 +61,49 @@ def test_per_seed_table_marks_missing_seeds():
   assert lines[0] == "| method | seed 0 | seed 1 | seed 2 |"
   assert lines[2] == "| score | 25.0 → 50.0 (30.0 / 5.0) | – | 10.0 → 10.0 (0.0 / 0.0) |"
   assert lines[3] == "| star | – | 20.0 → 30.0 (12.5 / 2.5) | – |"
+
+
+def _fake_eval(run_dir, method, acc_t2):
+  os.makedirs(run_dir / "eval", exist_ok=True)
+  with open(run_dir / "eval" / "eval.json", "w") as f:
+    json.dump({method: {"metrics": {"acc_t2": acc_t2}}}, f)
+
+
+def test_learning_rate_selection_takes_the_best_validation_acc_t2_and_the_smaller_on_ties(tmp_path):
+  for lr, score, star in [(3e-5, 0.2, 0.4), (1e-4, 0.5, 0.4), (3e-4, 0.5, 0.1)]:
+    _fake_eval(tmp_path / f"naive_r2@{miniature.lr_name(lr)}", "score", score)  # as RL writes it
+    _fake_eval(tmp_path / f"star@{miniature.lr_name(lr)}", "star", star)
+  selection = miniature.select_learning_rates(str(tmp_path), ["naive_r2", "star"],
+                                             [3e-4, 3e-5, 1e-4])
+  assert selection["naive_r2"]["learning_rate"] == 1e-4  # tie with 3e-4: the smaller rate
+  assert selection["star"]["learning_rate"] == 3e-5
+  assert selection["naive_r2"]["validation_acc_t2"] == {"lr3e-05": 0.2, "lr0.0001": 0.5,
+                                                     "lr0.0003": 0.5}
+  with pytest.raises(FileNotFoundError, match="finish the tuning runs"):
+    miniature.select_learning_rates(str(tmp_path), ["score"], [1e-4])
+
+
+def test_tuning_pipeline_runs_on_validation_then_seeds_at_the_chosen_rate(tmp_path):
+  config = small_config()
+  config.mesh_shape = (-1, 1, 1)
+  config.task.num_validation = 6
+  tune = tmp_path / "tune"
+  miniature.run_all(config, str(tune), seeds=[9], methods=["naive_r2"], rl_steps=2,
+                    split="validation", lr_suffix=[1e-4, 3e-4])
+  for lr in ("lr0.0001", "lr0.0003"):
+    run = tune / "seed9" / f"naive_r2@{lr}"
+    assert json.load(open(run / "config.json"))["rl"]["learning_rate"] == float(lr[2:])
+    assert len(json.load(open(run / "eval" / "eval.json"))["score"]["correct"][0]) == 6
+  check = json.load(open(tune / "seed9" / "base" / "regime_check.json"))
+  assert check["problems"] == 6 and set(check["met"]) == set(check["values"])
+  assert check["sampled"]["episodes"] == 4 * 6
+  chosen = miniature.select_learning_rates(str(tune / "seed9"), ["naive_r2"], [1e-4, 3e-4])
+  lr = chosen["naive_r2"]["learning_rate"]
+  miniature.run_all(config, str(tmp_path), seeds=[0, 1], methods=["naive_r2"], rl_steps=2,
+                    learning_rates={"naive_r2": lr}, split="test")
+  for seed in (0, 1):
+    run = tmp_path / f"seed{seed}" / "naive_r2"
+    assert json.load(open(run / "config.json"))["baseline"]["learning_rate"] == lr
+    assert len(json.load(open(run / "eval" / "eval.json"))["score"]["correct"][0]) == 8
+  text = summary.write(str(tmp_path), ["naive_r2"])
+  assert "Paired over seeds" in text and "| naive_r2 |" in text

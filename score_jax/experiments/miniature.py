@@ -101,8 +101,9 @@ def select_learning_rates(tune_dir: str, methods: Sequence[str], lrs: Sequence[f
       path = os.path.join(tune_dir, f"{method}@{lr_name(lr)}", "eval", "eval.json")
       if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: finish the tuning runs first.")
-      with open(path) as f:
-        scores[lr] = json.load(f)[method]["metrics"]["acc_t2"]
+      with open(path) as f:  # the trained policy's entry (RL baselines are named "score").
+        (policy,) = [v for k, v in json.load(f).items() if k not in ("base", "self_refine")]
+      scores[lr] = policy["metrics"]["acc_t2"]
     best = max(scores.values())
     out[method] = {"learning_rate": min(lr for lr, v in scores.items() if v == best),
                    "validation_acc_t2": {lr_name(lr): v for lr, v in scores.items()}}

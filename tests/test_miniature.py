@@ -107,3 +107,10 @@ def test_tuning_pipeline_runs_on_validation_then_seeds_at_the_chosen_rate(tmp_pa
     assert len(json.load(open(run / "eval" / "eval.json"))["score"]["correct"][0]) == 8
   text = summary.write(str(tmp_path), ["naive_r2"])
   assert "Paired over seeds" in text and "| naive_r2 |" in text
+  # Archiving (the committed small files) from the finished runs: skipped runs are archived too.
+  archive = tmp_path / "archive"
+  miniature.run_all(config, str(tmp_path), seeds=[0, 1], methods=["naive_r2"], rl_steps=2,
+                    learning_rates={"naive_r2": lr}, split="test", archive=str(archive))
+  assert (archive / "seed1" / "naive_r2" / "metrics.jsonl").exists()
+  assert not (archive / "seed1" / "base" / "warmstart").exists()  # never checkpoints
+  assert summary.write(str(archive), ["naive_r2"]) == text.replace(str(tmp_path), str(archive))

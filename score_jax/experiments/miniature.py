@@ -125,6 +125,23 @@ def _seed_from_base(base_dir: str, workdir: str) -> None:
       shutil.copy(src, dst)
 
 
+# The small files of a finished run that are committed (never checkpoints): enough to rebuild
+# every table and plot with --summarize_only on the archive.
+ARCHIVED = ("eval/eval.json", "eval/eval.txt", "metrics.jsonl", "config.json", "wall_time.json",
+            "commits.txt", "regime_check.json")
+
+
+def archive_run(workdir: str, run_dir: str, archive: str) -> None:
+  """Copies run_dir's ARCHIVED files to the same relative place under `archive`."""
+  rel = os.path.relpath(run_dir, workdir)
+  for name in ARCHIVED:
+    src = os.path.join(run_dir, name)
+    if os.path.exists(src):
+      dst = os.path.join(archive, rel, name)
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.copy(src, dst)
+
+
 def _git_commit() -> str:
   import subprocess
   try:
@@ -136,11 +153,13 @@ def _git_commit() -> str:
 
 def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
             methods: Sequence[str], rl_steps: int, learning_rates: dict[str, float] | None = None,
-            split: str | None = None, lr_suffix: Sequence[float] = ()) -> None:
+            split: str | None = None, lr_suffix: Sequence[float] = (),
+            archive: str | None = None) -> None:
   """Runs (or resumes) base + every method for every seed, in order, showing progress.
 
   learning_rates: method -> rate (the tuned ones); lr_suffix: run every method at each of
-  these rates instead (the tuning grid, directories `<method>@lr<x>`).
+  these rates instead (the tuning grid, directories `<method>@lr<x>`); archive: a directory
+  that receives each finished run's small files (`archive_run`).
   """
   from score_jax import train  # heavy import (jax), kept out of summarize's path.
   from score_jax.experiments import regime
@@ -154,6 +173,8 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
     label = f"[{i + 1}/{len(jobs)}] seed {seed} {name}"
     if os.path.exists(os.path.join(run_dir, "eval", "eval.json")):
       print(f"{label}: done, skipped", flush=True)
+      if archive:
+        archive_run(workdir, run_dir, archive)
       continue
     print(f"{label}: running in {run_dir}", flush=True)
     t0 = time.time()
@@ -169,6 +190,8 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
       print(f"{label}: regime check (validation, base model): {regime.describe(check)}", flush=True)
     with open(os.path.join(run_dir, "wall_time.json"), "w") as f:
       json.dump({"seconds": time.time() - t0, "commit": _git_commit()}, f)
+    if archive:
+      archive_run(workdir, run_dir, archive)
 
 
 def main(argv) -> None:
@@ -181,6 +204,7 @@ def main(argv) -> None:
   for m in methods:
     method_overrides(m, 1)  # unknown names fail before any run starts.
   seeds = [int(s) for s in _SEEDS.value.split(",") if s]
+  archive = _ARCHIVE.value or None
   rl_steps = _RL_STEPS.value or sum(int(x.split(":")[1]) for x in
                                     _CONFIG.value.rl.stage_schedule.split(",") if x)
   lrs = [float(x) for x in _TUNE_LRS.value.split(",") if x]
@@ -189,18 +213,23 @@ def main(argv) -> None:
     tune_dir = os.path.join(_WORKDIR.value, "tune")
     if not _SUMMARIZE_ONLY.value:
       run_all(_CONFIG.value, tune_dir, [_TUNE_SEED.value], methods, rl_steps, split="validation",
-              lr_suffix=lrs)
+              lr_suffix=lrs, archive=archive and os.path.join(archive, "tune"))
     selection = select_learning_rates(os.path.join(tune_dir, f"seed{_TUNE_SEED.value}"), methods,
                                       lrs)
-    with open(os.path.join(tune_dir, "selection.json"), "w") as f:
-      json.dump({"tune_seed": _TUNE_SEED.value, "grid": lrs, "methods": selection}, f, indent=1)
+    for directory in filter(None, [tune_dir, archive and os.path.join(archive, "tune")]):
+      os.makedirs(directory, exist_ok=True)
+      with open(os.path.join(directory, "selection.json"), "w") as f:
+        json.dump({"tune_seed": _TUNE_SEED.value, "grid": lrs, "methods": selection}, f,
+                  indent=1)
     selected = {m: s["learning_rate"] for m, s in selection.items()}
     print("selected learning rates (validation Acc@t2): " + ", ".join(
         f"{m} {lr:g}" for m, lr in selected.items()), flush=True)
   if not _SUMMARIZE_ONLY.value:
     run_all(_CONFIG.value, _WORKDIR.value, seeds, methods, rl_steps, learning_rates=selected,
-            split="test" if lrs else None)
+            split="test" if lrs else None, archive=archive)
   print(summary.write(_WORKDIR.value, methods), flush=True)
+  if archive:
+    print(summary.write(archive, methods).splitlines()[0] + f" … also written to {archive}")
 
 
 if __name__ == "__main__":
@@ -218,6 +247,9 @@ if __name__ == "__main__":
   _TUNE_LRS = flags.DEFINE_string("tune_lrs", "", "Comma-separated learning-rate grid: tune "
                                   "every method on the validation split first (empty: no tuning).")
   _TUNE_SEED = flags.DEFINE_integer("tune_seed", 100, "The tuning runs' seed (never reported).")
+  _ARCHIVE = flags.DEFINE_string("archive_to", "", "Copy each finished run's small files (eval, "
+                                 "metrics, config; no checkpoints) here, e.g. docs/results/study/"
+                                 "hard, and write the summary there too.")
   _SUMMARIZE_ONLY = flags.DEFINE_bool("summarize_only", False, "Only rewrite results.md and plots.")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -79,7 +79,7 @@ def test_train_step_quick_reports_mfu_without_recompiles(capsys):
   assert row["model_flops"] == flops.rl_step_flops(
       train_step_bench.CONFIGS["tiny"](), 4, 32, 128).model
   assert len(row["times_s"]["step"]) == 2
-  assert "| tiny | 0.1M | 4 x 32 |" in capsys.readouterr().out
+  assert "| tiny | float32 | 0.1M | 4 x 32 |" in capsys.readouterr().out
 
 
 def test_score_step_quick_times_every_phase_on_both_meshes(tmp_path):

@@ -356,9 +356,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   for name in args.configs:
     config = CONFIGS[name]()
     params = benchmark_params(config, args.seed)
-    if args.dtype != config.dtype:  # the same random weights, rounded.
+    if args.dtype != config.dtype:  # bf16 compute on the same random weights, rounded to
+      # bf16 (HF's weights) and kept as fp32 master weights (ours: bf16 decode copies).
       config = dataclasses.replace(config, dtype=args.dtype)
-      params = jax.tree.map(lambda x: x.astype(args.dtype), params)
+      params = jax.tree.map(lambda x: x.astype(args.dtype).astype(jnp.float32), params)
     load_s, hf = _timed(lambda: _Hf(config, params, args.dtype))
     print(f"{name}: {config.num_params() / 1e6:.1f}M params (HF export + load {load_s:.1f} s)",
           file=sys.stderr)

@@ -22,11 +22,17 @@ be a shape or sharding leak).
   python -m benchmarks.train_step              # the table in BENCHMARKS.md
   python -m benchmarks.train_step --configs gemma2-91m --trace_dir /tmp/t
   python -m benchmarks.train_step --quick      # a smoke run (tiny config, seconds)
+  python -m benchmarks.train_step --configs gemma2-91m --dtypes float32,bfloat16
+
+--dtypes: the compute dtype(s) (master weights stay fp32), one row each in the same
+process; for bfloat16 the peak matmuls are the bf16 roofline (bf16 operands, fp32
+accumulation: `preferred_element_type=float32`, as the model's dots).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -86,7 +92,7 @@ def peak_matmuls(config: model.ModelConfig, episodes: int, length: int,
   rows, block = episodes * length, episodes * min(chunk or length, length)
   shapes = {"mlp": (rows, config.d_model, config.ffw_hidden),
             "logits": (block, config.d_model, config.vocab_size)}
-  dot = jax.jit(jnp.dot)
+  dot = jax.jit(functools.partial(jnp.dot, preferred_element_type=jnp.float32))
   out = {}
   for name, (m, k, n) in shapes.items():
     a = jax.random.normal(jax.random.key(1), (m, k), dt)
@@ -116,8 +122,9 @@ def build(config: model.ModelConfig, episodes: int, length: int, chunk: int, see
   return step, state, ref, batch
 
 
-def bench_config(name: str, args: argparse.Namespace, counter: CompileCounter) -> dict[str, Any]:
-  config = CONFIGS[name](remat=args.remat)
+def bench_config(name: str, args: argparse.Namespace, counter: CompileCounter,
+                 dtype: str = "float32") -> dict[str, Any]:
+  config = CONFIGS[name](remat=args.remat, dtype=dtype)
   episodes, length = args.shape or SHAPES[name]
   matmuls = peak_matmuls(config, episodes, length, args.logits_chunk)
   for fn, _ in matmuls.values():
@@ -166,13 +173,14 @@ def bench_config(name: str, args: argparse.Namespace, counter: CompileCounter) -
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-  lines = ["| config | params | E x L | chunk | remat | model TFLOP | step s | GFLOP/s "
+  lines = ["| config | compute | params | E x L | chunk | remat | model TFLOP | step s | GFLOP/s "
            "| peak GFLOP/s (shape) | MFU | HFU | recompiles |",
-           "|---|---:|---|---:|---|---:|---:|---:|---|---:|---:|---:|"]
+           "|---|---|---:|---|---:|---|---:|---:|---:|---|---:|---:|---:|"]
   for r in rows:
     shape = max(r["peak_by_shape"], key=r["peak_by_shape"].get).split()[0]
     lines.append(
-        f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['episodes']} x {r['length']} "
+        f"| {r['config']} | {r['dtype']} | {r['params'] / 1e6:.1f}M "
+        f"| {r['episodes']} x {r['length']} "
         f"| {r['logits_chunk']} | {'yes' if r['remat'] else 'no'} "
         f"| {r['model_flops'] / 1e12:.3f} | {r['step_s']:.3f} "
         f"| {r['model_flops_s'] / 1e9:.1f} | {r['peak_flops_s'] / 1e9:.1f} ({shape}) "
@@ -195,6 +203,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="matmul calls per repetition (the fastest counts)")
   parser.add_argument("--trace_dir", default="",
                       help="also profile one step per config here and print its op-kind table")
+  parser.add_argument("--dtypes", default="float32",
+                      help="compute dtype(s), comma-separated: float32, bfloat16")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quick", action="store_true", help="smoke run: tiny, 4x32, 2 reps")
   parser.add_argument("--out", default="", help="write the JSON rows here")
@@ -202,6 +212,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if args.quick:
     args.configs, args.shape, args.reps, args.dot_calls = "tiny", "4x32", 2, 1
   args.configs = args.configs.split(",")
+  args.dtypes = args.dtypes.split(",")
+  if set(args.dtypes) - {"float32", "bfloat16"}:
+    parser.error(f"--dtypes must name float32 and/or bfloat16, got {args.dtypes}.")
   unknown = sorted(set(args.configs) - set(CONFIGS))
   if unknown:
     parser.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}.")
@@ -222,10 +235,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   counter = CompileCounter()
   rows = []
   for name in args.configs:
-    rows.append(bench_config(name, args, counter))
-    r = rows[-1]
-    print(f"{name}: step {r['step_s']:.3f} s, MFU {r['mfu']:.1%}, "
-          f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+    for dtype in args.dtypes:
+      rows.append(bench_config(name, args, counter, dtype))
+      r = rows[-1]
+      print(f"{name} {dtype}: step {r['step_s']:.3f} s, MFU {r['mfu']:.1%}, "
+            f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
   print("python -m benchmarks.train_step " + " ".join(argv))
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, {jax.devices()[0].platform}")
   print(markdown_table(rows))

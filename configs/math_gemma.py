@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
       preset="gemma2-2b",
       checkpoint="",  # the base model's directory (see the module docstring).
       checkpoint_format="hf",  # "hf" (transformers safetensors) or "gemma_flax" (orbax).
-      dtype="float32",  # fp32 params: Adam steps of lr 5e-6 vanish in bfloat16.
+      dtype="float32",  # compute; configs/recipes/ use bfloat16 (the TPU's native mode).
+      param_dtype="float32",  # master weights: Adam steps of lr 5e-6 vanish in bfloat16.
       remat=True))
 
   c.tokenizer.path = ""  # the checkpoint's tokenizer.model.

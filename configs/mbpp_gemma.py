@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
       preset="gemma2-2b",
       checkpoint="",  # the base model's directory (see configs/math_gemma.py).
       checkpoint_format="hf",  # "hf" (transformers safetensors) or "gemma_flax" (orbax).
-      dtype="float32",
+      dtype="float32",  # compute (bfloat16: bf16 matmuls, fp32 accumulation).
+      param_dtype="float32",  # master weights: Adam steps of lr 1e-5 vanish in bfloat16.
       remat=True))
 
   c.tokenizer.path = ""  # the checkpoint's tokenizer.model.

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # config.model keys that say where the model comes from (not ModelConfig fields).
 _MODEL_SOURCE_KEYS = ("preset", "checkpoint", "checkpoint_format")
 # ModelConfig fields a config may change on a loaded checkpoint (numerics, not architecture).
-_RUNTIME_FIELDS = ("dtype", "remat")
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat")
 
 
 def load_base_model(config: ml_collections.ConfigDict, tok: tokenizer_lib.Tokenizer
@@ -32,7 +32,7 @@ def load_base_model(config: ml_collections.ConfigDict, tok: tokenizer_lib.Tokeni
 
   `checkpoint_format` "hf": a transformers directory (config.json + *.safetensors);
   its config.json is the architecture, and config.model may only restate it (or
-  set dtype / remat). "gguf": the same for a .gguf file (metadata = architecture). "gemma_flax": an official Gemma Flax (orbax) checkpoint of
+  set dtype / param_dtype / remat). "gguf": the same for a .gguf file (metadata = architecture). "gemma_flax": an official Gemma Flax (orbax) checkpoint of
   the architecture config.model describes (preset + overrides). Without a
   checkpoint the preset is initialised at random (vocab from the tokenizer) and
   the warm-start trains it, which only makes sense for tiny models.
@@ -56,11 +56,12 @@ def load_base_model(config: ml_collections.ConfigDict, tok: tokenizer_lib.Tokeni
     if unknown:  # before reading gigabytes.
       raise ValueError(f"unknown model config key(s) {unknown}; ModelConfig fields: "
                        f"{sorted(fields)}.")
-    dtype = overrides.get("dtype", "float32")
+    # Master weights in param_dtype (fp32 unless asked), whatever the file stores.
+    dtypes = {k: overrides.get(k, "float32") for k in ("dtype", "param_dtype")}
     if fmt == "hf":
-      model_config, params = checkpoints.load_hf(path, dtype=dtype)
+      model_config, params = checkpoints.load_hf(path, **dtypes)
     else:
-      model_config, params = gguf.load_gguf(gguf_source(path), dtype=dtype)
+      model_config, params = gguf.load_gguf(gguf_source(path), **dtypes)
     model_config = _checked_against_file(model_config, overrides, path)
   elif fmt == "gemma_flax":
     model_config = model.get_config(cfg.preset, **overrides)

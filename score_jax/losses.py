@@ -283,3 +283,34 @@ def stage2_loss(seq_logprob_ae: jax.Array, kl_ae: jax.Array, rewards_ae: jax.Arr
   return loss, {"pg_loss": pg1 + pg2, "pg_loss_1": pg1, "pg_loss_2": pg2, "kl_1": kl1,
                 "kl_2": kl2, "shaped_r2_mean": jnp.mean(big_r2),
                 "adv_1_abs": jnp.mean(jnp.abs(adv1_e)), "adv_2_abs": jnp.mean(jnp.abs(adv2_e))}
+
+
+# --- Sampler / trainer mismatch --------------------------------------------------------------
+# The sampler's log-probs (decode loop, bf16 KV cache) and the update's teacher-forced ones
+# (scanned forward) differ by round-off, more so in bf16: the episodes are then slightly
+# off-policy. Measured every step; optionally corrected token by token (truncated importance
+# sampling, as verl / TRL / Tunix offer).
+
+
+def logprob_mismatch(logprob_bt: jax.Array, sampler_logprob_bt: jax.Array, mask_bt: jax.Array,
+                     low: float = 0.8, high: float = 1.25) -> dict[str, jax.Array]:
+  """|log pi_train - log pi_sampler| over the masked tokens: mean, max, and the fraction of
+  tokens whose ratio pi_train / pi_sampler leaves [low, high]. No gradient."""
+  delta_bt = jax.lax.stop_gradient(logprob_bt - sampler_logprob_bt)
+  count = jnp.maximum(jnp.sum(mask_bt), 1.0)
+  abs_bt = jnp.abs(delta_bt) * mask_bt
+  outside_bt = ((delta_bt < jnp.log(low)) | (delta_bt > jnp.log(high))) * mask_bt
+  return {"logprob_mismatch_mean": jnp.sum(abs_bt) / count,
+          "logprob_mismatch_max": jnp.max(abs_bt),
+          "ratio_outside_frac": jnp.sum(outside_bt) / count}
+
+
+def truncated_importance_weights(logprob_bt: jax.Array, sampler_logprob_bt: jax.Array,
+                                 cap: float) -> jax.Array:
+  """Token-level truncated importance weights min(pi_train / pi_sampler, cap), constants
+  of the gradient: weighting each token's log-prob in the policy-gradient term by them
+  makes sampled-by-another-policy tokens an (upper-truncated) unbiased estimate."""
+  if cap <= 0:
+    raise ValueError(f"importance cap must be > 0, got {cap}.")
+  ratio_bt = jnp.exp(jax.lax.stop_gradient(logprob_bt - sampler_logprob_bt))
+  return jnp.minimum(ratio_bt, cap)

@@ -257,6 +257,22 @@ def _bytes_under(factors, prefix: str) -> int:
   return sum(_nbytes(leaf) // f for p, (leaf, f) in factors.items() if p.startswith(prefix))
 
 
+def decode_copy_bytes(config: ModelConfig, factors) -> int:
+  """Per-device bytes of `transformer.decode_params`' copies: the block weights in the
+  compute dtype (norm scales keep theirs), and the tied embedding when the compute dtype
+  differs from the stored one (with fp32 compute the params' own table is read)."""
+  ratio = jnp.dtype(config.dtype).itemsize / jnp.dtype(config.param_dtype).itemsize
+  total = 0
+  for path, (leaf, f) in factors.items():
+    if path.startswith("layers/") and path.endswith("/w"):
+      total += int(_nbytes(leaf) * ratio) // f
+    elif path.startswith("layers/"):
+      total += _nbytes(leaf) // f
+    elif path.startswith("embedder/") and config.dtype != config.param_dtype:
+      total += int(_nbytes(leaf) * ratio) // f
+  return total
+
+
 def activation_bytes(local: ModelConfig, *, episodes: int, length: int, num_attempts: int,
                      samples_per_prompt: int, kl_estimator: str, logits_chunk: int,
                      freeze_embedding: bool) -> int:
@@ -311,7 +327,8 @@ def plan(config: ModelConfig, mesh_shape: Sequence[int], *, prompts_per_step: in
   for the gradient; the rollout samples `rollout_micro_batch` prompts per call.
   prompt_len: the longest turn-1 prompt (template included); instruction_len: tokens
   between attempts (the turn-2 template and instruction). Remat and dtype come from
-  `config` (params, reference and Adam moments share `config.dtype`). hoisted_stacks:
+  `config` (params, reference and Adam moments in `config.param_dtype`; activations, KV
+  cache and the sampler's weight copies in the compute `config.dtype`). hoisted_stacks:
   whole-stack weight all-gathers the compiler hoists out of the layer loop (0: FSDP as
   intended, one layer at a time; 2 matches XLA:CPU). offline_first: some first attempts
   come from the reference model, whose decode weight copies then live beside the policy's.
@@ -364,15 +381,16 @@ def plan(config: ModelConfig, mesh_shape: Sequence[int], *, prompts_per_step: in
       # One rollout call of rollout_micro_batch prompts, spread over the data-parallel devices.
       "rollout_cache_buffers": -(-rollout.rollout_memory_bytes(local, rc, rollout_micro_batch,
                                                                prompt_len) // dp),
-      # decode_params' copy keeps each weight's sharding: the block params' bytes again
-      # (twice with offline first attempts: the reference's copy too).
-      "decode_weights": (1 + offline_first) * (_bytes_under(factors, "layers/")
+      # decode_params' copy keeps each weight's sharding: the block params' bytes again, in
+      # the compute dtype (twice with offline first attempts: the reference's copy too).
+      "decode_weights": (1 + offline_first) * (decode_copy_bytes(config, factors)
                                                + decode_gathered),
       "prefill": (sampling.kv_cache_bytes(local, rollout_local, width)
                   + PREFILL_SCORE_COPIES * rollout_local * local.num_heads * width * width * 4),
   }
   notes = {
-      "params": f"{config.num_params() / 1e9:.2f}B params, {config.dtype}",
+      "params": (f"{config.num_params() / 1e9:.2f}B params, {config.param_dtype} "
+                 f"(compute {config.dtype})"),
       "optimizer": "Adam mu and nu (param dtype)",
       "reference": "frozen base model",
       "batch": f"{episodes // dp} episodes x {length} tokens",

@@ -233,12 +233,38 @@ _ADAPTIVE_BETA2_KEYS = ("adaptive_beta2", "beta2_target_ratio", "beta2_gain", "b
 
 def _objective(run: Run, name: str) -> train_step.ObjectiveConfig:
   cfg = run.config.rl
+  if cfg.temperature != 1.0:  # the loss differentiates log pi_theta at temperature 1.
+    raise ValueError(
+        f"rl.temperature={cfg.temperature}: the policy gradient and KL use pi_theta at "
+        "temperature 1, and the rollout records untempered log-probs, so tempered episodes "
+        "would be off-policy with nothing to correct them (rl.importance_correction corrects "
+        "the sampler/trainer round-off only). Use rl.temperature=1.0.")
   return train_step.ObjectiveConfig(
       name=name, samples_per_prompt=cfg.samples_per_prompt, alpha=cfg.alpha, beta1=cfg.beta1,
       beta2=cfg.beta2, estimator=cfg.estimator, kl_estimator=cfg.kl_estimator,
       micro_batches=cfg.micro_batches, logits_chunk=cfg.get("logits_chunk", 128),
       freeze_embedding=cfg.get("freeze_embedding", False),
+      importance_correction=cfg.get("importance_correction", False),
+      importance_cap=cfg.get("importance_cap", 2.0),
       **{k: cfg[k] for k in _ADAPTIVE_BETA2_KEYS if k in cfg})
+
+
+def check_nonfinite(update_metrics: dict[str, Any], step: int, skipped_in_a_row: int,
+                    limit: int) -> int:
+  """Updates skipped in a row after RL step `step` (train_step skips a non-finite one);
+  raises once `limit` in a row were skipped (the last checkpoint is left as it was)."""
+  if not update_metrics.get("skipped_update", 0.0):
+    return 0
+  skipped_in_a_row += 1
+  log.warning("RL step %d: non-finite loss %s or gradient norm %s; update skipped (%d in a row)",
+              step, update_metrics.get("loss"), update_metrics.get("grad_norm"), skipped_in_a_row)
+  if skipped_in_a_row >= limit:
+    raise FloatingPointError(
+        f"RL step {step}: {skipped_in_a_row} updates in a row had a non-finite loss or gradient "
+        f"(loss {update_metrics.get('loss')}, grad_norm {update_metrics.get('grad_norm')}); "
+        "stopped with the last checkpoint intact. Lower rl.learning_rate, check the rewards, "
+        "or use model.dtype='float32'; rl.max_nonfinite_in_a_row sets the limit.")
+  return skipped_in_a_row
 
 
 UPDATE_WIDTH_MULTIPLE = 32
@@ -291,7 +317,7 @@ def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], d
   # Only the attempts' tokens are projected to the vocabulary in the update (for a 262k
   # vocabulary the projection is most of the update; prompts and instructions are skipped).
   batch = {"tokens": episodes.tokens[:, :width], "loss_mask": episodes.loss_mask[..., :width],
-           "rewards": rewards,
+           "rewards": rewards, "sampler_logprobs": episodes.sampler_logprobs[:, :width],
            "target_index": losses.target_positions(loss_mask_ael[..., :width].max(axis=0))}
   m = evaluation.transition_metrics(rewards)
   group_std = rewards[-1].reshape(-1, cfg.samples_per_prompt).std(axis=1)
@@ -328,6 +354,7 @@ def run_rl(run: Run, base_params: model.Params,
                                          ref_params, run.mesh)
            for name in {name for name, _ in schedule}}
   stage_of = [name for name, n in schedule for _ in range(n)]
+  skipped_in_a_row = 0
   try:
     for step in range(start, total):
       t0 = time.perf_counter()
@@ -335,7 +362,9 @@ def run_rl(run: Run, base_params: model.Params,
       t1 = time.perf_counter()
       state, update_metrics = steps[stage_of[step]](state, ref_params, batch)
       update_metrics = jax.device_get(update_metrics)
-      m.update(update_metrics)
+      skipped_in_a_row = check_nonfinite(update_metrics, step + 1, skipped_in_a_row,
+                                         cfg.get("max_nonfinite_in_a_row", 3))
+      m.update(update_metrics, skipped_in_a_row=skipped_in_a_row)
       m.update(time_update=time.perf_counter() - t1, time_step=time.perf_counter() - t0,
                stage=stage_of[step])
       writer.write(step + 1, m, prefix="rl/")

@@ -10,7 +10,9 @@ batch: {"tokens": int32 [E, L], "loss_mask": float32 [A, E, L],
         "rewards": float32 [A, E]} with E = prompts * k, each prompt's k
 episodes consecutive; optionally "target_index": int32 [E, P], the
 `losses.target_positions` of the attempts' joint mask, so that only generated
-tokens are projected to the vocabulary (train.rl_batch adds it). A global
+tokens are projected to the vocabulary (train.rl_batch adds it); optionally
+"sampler_logprobs": float32 [E, L], the rollout's log-probs of the same tokens,
+for the sampler/trainer mismatch metrics and the importance correction. A global
 batch larger than memory is split into
 `objective.micro_batches` contiguous chunks of whole prompt groups, whose
 gradients are accumulated (identical to the unsplit step: RLOO groups never
@@ -21,6 +23,8 @@ never materialised, only `objective.logits_chunk` positions at a time.
 Optional: a frozen tied embedding (`freeze_embedding` + `frozen_embedding_optimizer`)
 and Stage I's adaptive beta2, whose value lives in the train state as
 `state["beta2"]` (`add_beta2_state`) so that a checkpoint resumes it exactly.
+A step whose loss or gradient is not finite leaves params, optimizer state and beta2
+as they were and reports `skipped_update` = 1 (the caller stops after a few in a row).
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ class ObjectiveConfig:
   beta2_gain: float = 0.1
   beta2_min: float = 1e-3
   beta2_max: float = 10.0
+  # Token-level truncated importance sampling of the policy-gradient term: each token's
+  # log-prob weighted by min(pi_theta / pi_sampler, importance_cap) (needs the batch's
+  # "sampler_logprobs"); corrects the sampler/trainer mismatch and tempered sampling.
+  importance_correction: bool = False
+  importance_cap: float = 2.0
 
   def __post_init__(self):
     if self.name not in OBJECTIVES:
@@ -73,6 +82,8 @@ class ObjectiveConfig:
     if not 0 < self.beta2_min <= self.beta2_max or self.beta2_gain < 0:
       raise ValueError(f"adaptive beta2 needs 0 < beta2_min <= beta2_max and beta2_gain >= 0; "
                        f"got {self.beta2_min}, {self.beta2_max}, {self.beta2_gain}.")
+    if self.importance_cap <= 0:
+      raise ValueError(f"importance_cap must be > 0, got {self.importance_cap}.")
 
 
 def episode_terms(config: ModelConfig, params: Params, ref_params: Params, tokens_el: jax.Array,
@@ -171,7 +182,8 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
   batch_shardings = {"tokens": sharding.batch_sharding(mesh, 2),
                      "loss_mask": sharding.logical_sharding(mesh, (None, "batch", None)),
                      "rewards": sharding.logical_sharding(mesh, (None, "batch")),
-                     "target_index": sharding.batch_sharding(mesh, 2)}
+                     "target_index": sharding.batch_sharding(mesh, 2),
+                     "sampler_logprobs": sharding.batch_sharding(mesh, 2)}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   n = obj.micro_batches
   adaptive = obj.adaptive_beta2 and obj.name == "stage1"
@@ -184,11 +196,20 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
       params = {**params, "embedder": jax.lax.stop_gradient(params["embedder"])}
     terms = episode_terms(config, params, ref_params, micro["tokens"], micro["loss_mask"],
                           obj.kl_estimator, obj.logits_chunk, micro.get("target_index"))
-    loss, metrics = objective_loss(obj, terms["seq_logprob"], terms["kl"], micro["rewards"],
-                                   beta2)
+    pg_seq_logprob = terms["seq_logprob"]
+    mismatch = {}
+    if "sampler_logprobs" in micro:
+      mismatch = losses.logprob_mismatch(terms["logprob_el"], micro["sampler_logprobs"],
+                                         jnp.max(micro["loss_mask"], axis=0))
+      if obj.importance_correction:
+        weights_el = losses.truncated_importance_weights(
+            terms["logprob_el"], micro["sampler_logprobs"], obj.importance_cap)
+        pg_seq_logprob = losses.per_attempt_sum(weights_el * terms["logprob_el"],
+                                                micro["loss_mask"])
+    loss, metrics = objective_loss(obj, pg_seq_logprob, terms["kl"], micro["rewards"], beta2)
     num_tokens_a = jnp.sum(micro["loss_mask"], axis=-1)
     metrics.update(loss=loss, logprob_1=jnp.mean(terms["seq_logprob"][0]),
-                   tokens_per_attempt=jnp.mean(num_tokens_a, axis=-1)[0])
+                   tokens_per_attempt=jnp.mean(num_tokens_a, axis=-1)[0], **mismatch)
     return loss, metrics
 
   def split(x, attempt_major):
@@ -212,7 +233,8 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
     zeros = jax.tree.map(jnp.zeros_like, state["params"])
     grads, metrics = jax.lax.scan(accumulate, zeros, micro)
     grads = jax.tree.map(lambda g: g / n, grads)
-    metrics = jax.tree.map(jnp.mean, metrics)
+    metrics = {key: (jnp.max if key.endswith("_max") else jnp.mean)(x)
+               for key, x in metrics.items()}
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
@@ -222,6 +244,13 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
       new_state["beta2"] = losses.adaptive_beta2(
           beta2, metrics["kl_1"], metrics["pg_2_abs"], target_ratio=obj.beta2_target_ratio,
           gain=obj.beta2_gain, beta_min=obj.beta2_min, beta_max=obj.beta2_max)
+    # A NaN / inf loss or gradient never reaches the params (nor Adam's moments, nor beta2).
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    for key in ("params", "opt_state", "beta2"):
+      if key in new_state:
+        new_state[key] = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                      new_state[key], state[key])
+    metrics["skipped_update"] = 1.0 - finite.astype(jnp.float32)
     return new_state, metrics
 
   jitted = sharding.jit_per_batch_keys(
@@ -229,6 +258,9 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
       out_shardings=(state_shardings, replicated), donate_argnums=0)
 
   def run(state: TrainState, ref_params: Params, batch: dict[str, Any]):
+    if obj.importance_correction and "sampler_logprobs" not in batch:
+      raise ValueError("importance_correction weights tokens by pi_theta / pi_sampler: the "
+                       "batch needs the rollout's 'sampler_logprobs' [E, L].")
     # Episodes arrive laid out however the rollout left them: move them to the step's layout.
     compiled_for_keys = jitted(batch)  # an unknown key is an error that names it.
     batch = jax.device_put(batch, {key: batch_shardings[key] for key in batch})

@@ -79,7 +79,7 @@ def test_train_step_quick_reports_mfu_without_recompiles(capsys):
   assert row["model_flops"] == flops.rl_step_flops(
       train_step_bench.CONFIGS["tiny"](), 4, 32, 128).model
   assert len(row["times_s"]["step"]) == 2
-  assert "| tiny | 0.1M | 4 x 32 |" in capsys.readouterr().out
+  assert "| tiny | float32 | 0.1M | 4 x 32 |" in capsys.readouterr().out
 
 
 def test_score_step_quick_times_every_phase_on_both_meshes(tmp_path):
@@ -105,3 +105,14 @@ def test_benchmark_flags_name_the_problem():
     score_step.parse_args(["--mesh", "4,1,1"])
   with pytest.raises(SystemExit):
     score_step.parse_args(["--prompts", "6", "--mesh", "4,2,1"])
+
+
+def test_dots_quick_measures_every_variant(capsys):
+  from benchmarks import dots  # pylint: disable=import-outside-toplevel
+  pytest.importorskip("torch")
+  (row,) = dots.main(["--quick"])
+  assert set(dots.VARIANTS) <= set(row) and all(row[k] > 0 for k in dots.VARIANTS)
+  assert "| x.w 64x32x128 |" in capsys.readouterr().out
+  # FLOPs by hand: 2 * M * K * N for x.w, and for the backward's g.wT (M, N) x (K, N).
+  assert dots.flop_count("mk,kn->mn", (64, 32), (32, 128)) == 2 * 64 * 32 * 128
+  assert dots.flop_count("mn,kn->mk", (8, 5), (3, 5)) == 2 * 8 * 5 * 3

@@ -99,8 +99,9 @@ def test_train_step_plan_within_10_percent_of_compiled(model, mesh_shape, kl, ch
   assert abs(_train_step_ratio(model, mesh_shape, kl, chunk) - 1) <= 0.10
 
 
-def test_rollout_plan_close_to_compiled_rollout():
-  config = get_config("tiny", **TINY)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rollout_plan_close_to_compiled_rollout(dtype):
+  config = get_config("tiny", **TINY, dtype=dtype)
   prompts, k, width, new = 4, 4, 16, 16
   mesh = _mesh((1, 4, 1))
   params = sharding.shard_params(init_params(config, jax.random.key(0)), mesh)
@@ -173,3 +174,23 @@ def test_offline_first_attempts_count_the_reference_decode_copy():
   two = memory_plan.plan(config, (1, 4, 1), offline_first=True, **kw)
   assert two.terms["decode_weights"] == 2 * one.terms["decode_weights"] > 0
   assert two.rollout_peak - one.rollout_peak == one.terms["decode_weights"]
+
+
+def test_bf16_compute_counts_bf16_copies_and_fp32_master_weights():
+  c32, c16 = get_config("tiny", **TINY), get_config("tiny", **TINY, dtype="bfloat16")
+  kw = dict(prompts_per_step=4, samples_per_prompt=2, micro_batches=1, prompt_len=16,
+            max_new_tokens=8, rollout_micro_batch=4)
+  p32, p16 = memory_plan.plan(c32, (1, 1, 1), **kw), memory_plan.plan(c16, (1, 1, 1), **kw)
+  for term in ("params", "optimizer", "reference", "gradients"):  # fp32 master + Adam.
+    assert p16.terms[term] == p32.terms[term]
+  # Oracle by hand: the decode copy's weight matrices in 2 bytes instead of 4, norm scales
+  # as stored, plus a bf16 copy of the [V, D] embedding; the KV cache halves.
+  params = init_params(c32, jax.random.key(0))
+  flat = {"/".join(str(k.key) for k in path): x for path, x in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+  weights = sum(x.size for p, x in flat.items() if p.startswith("layers/") and p.endswith("/w"))
+  scales = sum(x.size for p, x in flat.items() if p.startswith("layers/") and "scale" in p)
+  embed = flat["embedder/input_embedding"].size
+  assert p32.terms["decode_weights"] == 4 * weights + 4 * scales
+  assert p16.terms["decode_weights"] == 2 * weights + 4 * scales + 2 * embed
+  assert p16.terms["rollout_cache_buffers"] < p32.terms["rollout_cache_buffers"]

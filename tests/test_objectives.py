@@ -131,3 +131,31 @@ def test_adaptive_beta2_controller_by_hand():
   rewards = np.stack([R1, np.array([1.0, 0.0, 0.0, 1.0])])
   _, m = losses.stage1_loss(SEQ_LP, KL, rewards, samples_per_prompt=2, beta1=0.01, beta2=0.1)
   assert float(m["pg_2_abs"]) == pytest.approx(np.mean(np.abs([1, -1, -1, 1] * SEQ_LP[1])))
+
+
+def test_logprob_mismatch_by_hand():
+  trainer = np.array([[-1.0, -2.0, -0.5, -3.0]])
+  sampler = np.array([[-1.1, -2.0, -0.1, -9.0]])
+  mask = np.array([[1.0, 1.0, 1.0, 0.0]])  # the last token is not generated: ignored.
+  m = losses.logprob_mismatch(trainer, sampler, mask)
+  # |delta| = 0.1, 0, 0.4; ratios e^0.1 = 1.105 and 1 inside [0.8, 1.25], e^-0.4 = 0.670 out.
+  np.testing.assert_allclose(m["logprob_mismatch_mean"], 0.5 / 3, rtol=1e-6)
+  np.testing.assert_allclose(m["logprob_mismatch_max"], 0.4, rtol=1e-6)
+  np.testing.assert_allclose(m["ratio_outside_frac"], 1 / 3, rtol=1e-6)
+
+
+def test_truncated_importance_weights_by_hand():
+  logprob = jnp.array([[-1.0, -2.0, -0.7]])
+  sampler = jnp.array([[-1.5, -1.0, -0.7]])
+  w = losses.truncated_importance_weights(logprob, sampler, cap=1.5)
+  # ratios e^0.5 = 1.6487 -> capped at 1.5, e^-1 = 0.3679, e^0 = 1.
+  np.testing.assert_allclose(w, [[1.5, np.exp(-1.0), 1.0]], rtol=1e-6)
+  # As a policy-gradient weight the ratio is a constant: d/dlogp of sum(w * logp) is w.
+  mask = jnp.array([[[1.0, 1.0, 0.0]]])
+  def weighted(lp):
+    return losses.per_attempt_sum(losses.truncated_importance_weights(lp, sampler, 1.5) * lp,
+                                  mask)[0, 0]
+  np.testing.assert_allclose(weighted(logprob), 1.5 * -1.0 + np.exp(-1.0) * -2.0, rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(weighted)(logprob), [[1.5, np.exp(-1.0), 0.0]], rtol=1e-6)
+  with pytest.raises(ValueError, match="cap must be > 0"):
+    losses.truncated_importance_weights(logprob, sampler, cap=0.0)

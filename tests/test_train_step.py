@@ -1,5 +1,7 @@
 """RL train steps: method.md §7's mistakes ruled out, micro-batching and sharding invariance."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -240,3 +242,112 @@ def test_checkpoint_resume_is_bitwise_with_beta2_and_frozen_embedding(setup, tmp
   assert float(restored["beta2"]) == float(state["beta2"]) != 0.1
   (a, _), (b, _) = step(state, ref, rewards), step(restored, ref, rewards)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+
+
+def _grads(config, params, ref, batch, obj):
+  """d loss / d params of `obj` through episode_terms (the step's own loss, no optimizer)."""
+  def loss(p):
+    terms = train_step.episode_terms(config, p, ref, batch["tokens"], batch["loss_mask"],
+                                     obj.kl_estimator, obj.logits_chunk)
+    return train_step.objective_loss(obj, terms["seq_logprob"], terms["kl"], batch["rewards"])[0]
+  return jax.jit(jax.grad(loss))(params)
+
+
+def test_bf16_compute_stage2_gradient_matches_fp32(setup):
+  # Oracle: the fp32 gradient of the same loss on the same fp32 params. Fan-in scaled
+  # weights (init_params, every weight and norm perturbed): a trained model's scale. The
+  # std-0.5 `random_params` amplify each layer's round-off (cosine 0.97 there).
+  config, batch = setup
+  c16 = dataclasses.replace(config, dtype="bfloat16")
+
+  def params_near_init(seed):
+    p = model.init_params(config, jax.random.key(seed))
+    return jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(seed + 7), x.shape),
+                        p)
+
+  params, ref = params_near_init(0), params_near_init(1)
+  obj = _obj("stage2", alpha=10.0, beta1=0.01)
+  g32, g16 = _grads(config, params, ref, batch, obj), _grads(c16, params, ref, batch, obj)
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))  # master-weight grads.
+  flat32 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(g32)])
+  flat16 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(g16)])
+  cosine = flat32 @ flat16 / (np.linalg.norm(flat32) * np.linalg.norm(flat16))
+  assert 0.99 <= cosine < 1.0, cosine
+
+
+def test_bf16_compute_keeps_fp32_master_weights_an_adam_step_of_1e6_moves(setup):
+  config, batch = setup
+  c16 = dataclasses.replace(config, dtype="bfloat16")
+  params, ref = random_params(config, 0), random_params(config, 1)
+  obj = _obj("stage2")
+  grads = jax.device_get(_grads(c16, params, ref, batch, obj))
+  before = jax.device_get(params)
+  state, hist = _run(c16, params, ref, batch, obj, opt=optax.adam(1e-6))
+  after = jax.device_get(state["params"])
+  assert hist[0]["skipped_update"] == 0.0
+  for p0, p1, g in zip(jax.tree.leaves(before), jax.tree.leaves(after), jax.tree.leaves(grads)):
+    assert p1.dtype == np.float32
+    # Oracle: Adam's first step is -lr * g / (|g| + eps) (bias corrections cancel), i.e.
+    # -1e-6 * sign(g) where |g| >> eps = 1e-8; fp32 holds it (ulp of 0.5 is 6e-8).
+    big = np.abs(g) > 1e-5
+    np.testing.assert_allclose((p1 - p0)[big], -1e-6 * np.sign(g[big]), rtol=0.1)
+  # Why the master copy is fp32: stored in bf16 (ulp of 0.5 = 2^-9) the same step vanishes.
+  w0 = jnp.asarray(before["layers"]["mlp"]["linear"]["w"], jnp.bfloat16)
+  assert np.mean(np.asarray(w0 - jnp.bfloat16(1e-6)) == np.asarray(w0)) > 0.99
+
+
+def test_mismatch_metrics_and_importance_correction(setup):
+  config, batch = setup
+  params = random_params(config, 0)
+  ref = jax.tree.map(jnp.copy, params)  # pi_theta == pi_ref: the KL term has no gradient.
+  terms = train_step.episode_terms(config, params, ref, batch["tokens"], batch["loss_mask"],
+                                   "exact", 0)
+  own = np.asarray(terms["logprob_el"]) * batch["loss_mask"].max(0)
+  plain, hist = _run(config, params, jax.tree.map(jnp.copy, params),
+                     {**batch, "sampler_logprobs": own}, _obj("stage2"), lr=1.0)
+  # The sampler's log-probs are the trainer's: no mismatch.
+  assert hist[0]["logprob_mismatch_max"] < 1e-5 and hist[0]["ratio_outside_frac"] == 0.0
+  # A sampler 1 nat more confident on every token: ratio e^-1 (outside [0.8, 1.25]) and,
+  # corrected, every token's policy-gradient weight e^-1 -- so with SGD and no KL
+  # gradient the whole update scales by e^-1 (oracle: the uncorrected update).
+  shifted = {**batch, "sampler_logprobs": own + batch["loss_mask"].max(0)}
+  corrected, hist = _run(config, params, jax.tree.map(jnp.copy, params), shifted,
+                         _obj("stage2", importance_correction=True, importance_cap=2.0), lr=1.0)
+  np.testing.assert_allclose(hist[0]["logprob_mismatch_mean"], 1.0, rtol=1e-4)
+  assert hist[0]["ratio_outside_frac"] == 1.0
+  p0 = jax.device_get(params)
+  jax.tree.map(lambda a, b, p: np.testing.assert_allclose(
+      a - p, np.exp(-1.0) * (b - p), rtol=1e-3, atol=1e-6 * max(np.abs(b - p).max(), 1e-9)),
+      jax.device_get(corrected["params"]), jax.device_get(plain["params"]), p0)
+  with pytest.raises(ValueError, match="needs the rollout's 'sampler_logprobs'"):
+    _run(config, params, ref, batch, _obj("stage2", importance_correction=True))
+
+
+def test_nonfinite_update_is_skipped_and_a_streak_stops_the_run(setup):
+  config, batch = setup
+  params, ref = random_params(config, 0), random_params(config, 1)
+  before = jax.device_get(params)
+  poisoned = {**batch, "rewards": batch["rewards"].copy()}
+  poisoned["rewards"][1, 0] = np.nan  # an injected NaN reaches the loss and every gradient.
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  opt = optax.adam(1e-3)
+  state = sft.init_train_state(params, opt, mesh)
+  opt_before = jax.device_get(state["opt_state"])
+  ref = sharding.shard_params(ref, mesh)
+  step = train_step.make_rl_step(config, opt, _obj("stage2"), state, ref, mesh)
+  state, m = step(state, ref, poisoned)
+  m = jax.device_get(m)
+  assert not np.isfinite(m["loss"]) and m["skipped_update"] == 1.0
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["params"]), before)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["opt_state"]), opt_before)
+  state, m = step(state, ref, batch)  # a finite batch updates again.
+  assert jax.device_get(m["skipped_update"]) == 0.0
+  assert not np.array_equal(jax.device_get(state["params"])["final_norm"]["scale"],
+                            before["final_norm"]["scale"])
+  # The run loop's counter: reset by a good step, an error naming the step at the limit.
+  from score_jax import train  # pylint: disable=import-outside-toplevel
+  bad, good = {"skipped_update": 1.0, "loss": np.nan}, {"skipped_update": 0.0}
+  assert train.check_nonfinite(bad, 5, 0, limit=3) == 1
+  assert train.check_nonfinite(good, 6, 2, limit=3) == 0
+  with pytest.raises(FloatingPointError, match="RL step 7: 3 updates in a row"):
+    train.check_nonfinite(bad, 7, 2, limit=3)

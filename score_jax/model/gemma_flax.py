@@ -257,11 +257,11 @@ def _read_leaves(path: str, config: ModelConfig,
 
 def _params_from_official(config: ModelConfig, tensors: Mapping[str, Any],
                           transposed: bool | None) -> dict:
-  """Our stacked params (numpy, config.dtype) from NESTED-form path -> array."""
+  """Our stacked params (numpy, config.param_dtype) from NESTED-form path -> array."""
   d, f = config.d_model, config.ffw_hidden
   if transposed is None:
     transposed = official_gating_transposed(config)  # Only consulted when D == F.
-  dt = jnp.dtype(config.dtype)
+  dt = jnp.dtype(config.param_dtype)
 
   def get(name):
     return np.asarray(tensors[name]).astype(dt, copy=False)
@@ -308,7 +308,7 @@ def load_gemma_flax(path: str | os.PathLike, config: ModelConfig | str, *,
       d_model == ffw_hidden, `official_gating_transposed(config)` decides).
 
   Returns:
-    Params as in transformer.py: numpy arrays of `config.dtype`, on the host.
+    Params as in transformer.py: numpy arrays of `config.param_dtype`, on the host.
   """
   config = _resolve_config(config)
   path = _checkpoint_dir(path)

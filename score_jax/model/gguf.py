@@ -85,8 +85,8 @@ def _layer_types(meta: Mapping[str, Any], n: int) -> tuple[str, ...]:
   return _periodic_layer_types(int(pattern), n)
 
 
-def config_from_gguf(meta: Mapping[str, Any], vocab_size: int,
-                     dtype: str = "float32") -> ModelConfig:
+def config_from_gguf(meta: Mapping[str, Any], vocab_size: int, dtype: str = "float32",
+                     param_dtype: str = "float32") -> ModelConfig:
   """Our ModelConfig from GGUF metadata (`read_metadata`) and the embedding's row count."""
   arch = meta.get("general.architecture")
   if arch != ARCHITECTURE:
@@ -123,7 +123,8 @@ def config_from_gguf(meta: Mapping[str, Any], vocab_size: int,
       rope_base_local=_f32(meta.get(key("rope.freq_base_swa"), _LOCAL_ROPE_BASE)),
       rope_scale_global=(_f32(meta.get(key("rope.scaling.factor"), 1.0))
                          if scaling == "linear" else 1.0),
-      norm_eps=_f32(meta.get(key("attention.layer_norm_rms_epsilon"), 1e-6)), dtype=dtype)
+      norm_eps=_f32(meta.get(key("attention.layer_norm_rms_epsilon"), 1e-6)), dtype=dtype,
+      param_dtype=param_dtype)
 
 
 def _name_map(config: ModelConfig) -> dict[str, str]:
@@ -200,9 +201,11 @@ def open_gguf(path: str | os.PathLike | None = None):
     raise ValueError(f"{path} is not a readable GGUF file ({e}).") from e
 
 
-def load_gguf(source=None, dtype: str = "float32") -> tuple[ModelConfig, dict]:
+def load_gguf(source=None, dtype: str = "float32",
+              param_dtype: str = "float32") -> tuple[ModelConfig, dict]:
   """(config, params) of a Gemma 3 GGUF: a path, an open `gguf.GGUFReader`, or None for the
-  PyPI Gemma 3 270M (its SHA-256 checked against the package's published sum)."""
+  PyPI Gemma 3 270M (its SHA-256 checked against the package's published sum). Params are
+  dequantized into `param_dtype`; `dtype` is the compute dtype."""
   gguf = _gguf()
   reader = source if isinstance(source, gguf.GGUFReader) else open_gguf(source)
   meta = read_metadata(reader)
@@ -210,7 +213,8 @@ def load_gguf(source=None, dtype: str = "float32") -> tuple[ModelConfig, dict]:
   try:
     if embed is None and meta.get("general.architecture") == ARCHITECTURE:
       raise ValueError("GGUF has no token_embd.weight tensor.")
-    config = config_from_gguf(meta, int(embed.shape[-1]) if embed is not None else 0, dtype)
+    config = config_from_gguf(meta, int(embed.shape[-1]) if embed is not None else 0, dtype,
+                              param_dtype)
     tensors = read_tensors(reader, config)
     params = checkpoints.params_from_hf_tensors(config, tensors)
   except ValueError as e:

@@ -51,14 +51,26 @@ _MASKED = -2.3819763e38  # finite "minus infinity": fully masked rows stay NaN-f
 
 
 def _dtype(config: ModelConfig):
+  """The compute dtype: matmul operands and activations."""
   return jnp.dtype(config.dtype)
 
 
+def _contract(eq: str, x: jax.Array, w: jax.Array, dt) -> jax.Array:
+  """einsum with `dt` operands, accumulated in fp32, result cast to `dt`.
+
+  XLA:CPU and TPUs reach their bf16 matrix units only when a bf16 dot accumulates
+  in fp32 (a bf16 -> bf16 dot is slower than fp32 on CPU, BENCHMARKS.md). In fp32
+  the casts are no-ops and the dot is the plain fp32 one.
+  """
+  return jnp.einsum(eq, x.astype(dt), w.astype(dt),
+                    preferred_element_type=jnp.float32).astype(dt)
+
+
 def init_params(config: ModelConfig, rng: jax.Array) -> Params:
-  """Random params: fan-in scaled normal weights, zero norm scales (scale = 1 + w)."""
+  """Random `param_dtype` params: fan-in scaled normal weights, zero norm scales (1 + w)."""
   d, n, k, h, f, l, v = (config.d_model, config.num_heads, config.num_kv_heads, config.head_dim,
                          config.ffw_hidden, config.num_layers, config.vocab_size)
-  dt = _dtype(config)
+  dt = jnp.dtype(config.param_dtype)
   keys = iter(jax.random.split(rng, 8))
 
   def normal(shape, fan_in):
@@ -151,21 +163,24 @@ def _attention(config: ModelConfig, p: Params, x_btd, q_pos_bt, layer_cache, k_p
                write_index, consts, layout):
   b, t, _ = x_btd.shape
   k_heads, g = config.num_kv_heads, config.num_heads // config.num_kv_heads
-  eq = _EINSUMS[layout]
-  q_btnh = jnp.einsum(eq["q"], x_btd, p["q_einsum"]["w"]).reshape(
+  eq, dt = _EINSUMS[layout], _dtype(config)
+  q_btnh = _contract(eq["q"], x_btd, p["q_einsum"]["w"], dt).reshape(
       b, t, config.num_heads, config.head_dim)
   if layout == "decode":  # E = (K, C, H): each KV head's key and value side by side.
-    kv_btkch = jnp.einsum(eq["kv"], x_btd, p["kv_einsum"]["w"]).reshape(
+    kv_btkch = _contract(eq["kv"], x_btd, p["kv_einsum"]["w"], dt).reshape(
         b, t, k_heads, 2, config.head_dim)
     k_btkh, v_btkh = kv_btkch[:, :, :, 0], kv_btkch[:, :, :, 1]
   else:
-    k_btkh, v_btkh = jnp.einsum(eq["kv"], x_btd, p["kv_einsum"]["w"])
+    k_btkh, v_btkh = _contract(eq["kv"], x_btd, p["kv_einsum"]["w"], dt)
   if config.use_qk_norm:
     q_btnh = rms_norm(q_btnh, p["query_norm"]["scale"], config.norm_eps)
     k_btkh = rms_norm(k_btkh, p["key_norm"]["scale"], config.norm_eps)
-  q_btnh = apply_rope(q_btnh, q_pos_bt, consts["rope_base"], consts["rope_scale"]) * jnp.asarray(
-      config.query_scale, q_btnh.dtype)
-  k_btkh = apply_rope(k_btkh, q_pos_bt, consts["rope_base"], consts["rope_scale"])
+  # RoPE and the query scale in fp32 (no-op casts in fp32): bf16 sin/cos at positions
+  # in the thousands would shift the angles.
+  q_btnh = (apply_rope(q_btnh.astype(jnp.float32), q_pos_bt, consts["rope_base"],
+                       consts["rope_scale"]) * jnp.float32(config.query_scale)).astype(dt)
+  k_btkh = apply_rope(k_btkh.astype(jnp.float32), q_pos_bt, consts["rope_base"],
+                      consts["rope_scale"]).astype(dt)
 
   # Keys and values as the score and value contractions read them: [B, S, K, H]
   # for training and prefill; the decode cache keeps keys [B, K, S, H] and values
@@ -183,32 +198,32 @@ def _attention(config: ModelConfig, p: Params, x_btd, q_pos_bt, layer_cache, k_p
     new_cache = {"k": keys, "v": values}
 
   q_btkgh = q_btnh.reshape(b, t, k_heads, g, config.head_dim)
-  logits_bkgts = jnp.einsum(f"BTKGH,{k_axes}->BKGTS", q_btkgh, keys.astype(q_btkgh.dtype),
+  logits_bkgts = jnp.einsum(f"BTKGH,{k_axes}->BKGTS", q_btkgh, keys.astype(dt),
                             preferred_element_type=jnp.float32)
   logits_bkgts = softcap(logits_bkgts, config.attn_logit_softcap)
   mask_bts = attention_mask(q_pos_bt, k_pos_bs, consts["window"])
   logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASKED)
-  probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1).astype(x_btd.dtype)
-  out_btkgh = jnp.einsum(f"BKGTS,{v_axes}->BTKGH", probs_bkgts, values.astype(x_btd.dtype))
+  probs_bkgts = jax.nn.softmax(logits_bkgts, axis=-1)
+  out_btkgh = _contract(f"BKGTS,{v_axes}->BTKGH", probs_bkgts, values, dt)
   out_btnh = out_btkgh.reshape(b, t, config.num_heads, config.head_dim)
   out_btnh = sharding.constrain(out_btnh, ("batch", None, "heads", None))
   if layout == "decode":
     out_btnh = out_btnh.reshape(b, t, config.num_heads * config.head_dim)
-  return jnp.einsum(eq["attn_out"], out_btnh, p["attn_vec_einsum"]["w"]), new_cache
+  return _contract(eq["attn_out"], out_btnh, p["attn_vec_einsum"]["w"], dt), new_cache
 
 
-def _mlp(p: Params, x_btd: jax.Array, layout: str) -> jax.Array:
-  eq = _EINSUMS[layout]
+def _mlp(config: ModelConfig, p: Params, x_btd: jax.Array, layout: str) -> jax.Array:
+  eq, dt = _EINSUMS[layout], _dtype(config)
   if layout == "decode":  # gate and up interleaved: E = (F, C), so F keeps its sharding.
-    gate_up_btfc = jnp.einsum(eq["gating"], x_btd, p["gating_einsum"]["w"]).reshape(
+    gate_up_btfc = _contract(eq["gating"], x_btd, p["gating_einsum"]["w"], dt).reshape(
         x_btd.shape[:2] + (-1, 2))
     gate_btf, up_btf = gate_up_btfc[..., 0], gate_up_btfc[..., 1]
   else:  # One dot per half: a [C, B, T, F] result makes XLA:CPU transpose it for the GELU.
     w_cdf = p["gating_einsum"]["w"]
-    gate_btf, up_btf = (jnp.einsum(eq["gating"], x_btd, w_cdf[c]) for c in range(2))
+    gate_btf, up_btf = (_contract(eq["gating"], x_btd, w_cdf[c], dt) for c in range(2))
   hidden_btf = jax.nn.gelu(gate_btf, approximate=True) * up_btf
   hidden_btf = sharding.constrain(hidden_btf, ("batch", None, "mlp"))
-  return jnp.einsum(eq["linear"], hidden_btf, p["linear"]["w"])
+  return _contract(eq["linear"], hidden_btf, p["linear"]["w"], dt)
 
 
 def _block(config: ModelConfig, p: Params, consts: dict[str, jax.Array], x_btd: jax.Array,
@@ -222,7 +237,7 @@ def _block(config: ModelConfig, p: Params, consts: dict[str, jax.Array], x_btd: 
     h_btd = rms_norm(h_btd, p["post_attention_norm"]["scale"], config.norm_eps)
   x_btd = x_btd + h_btd
   h_btd = rms_norm(x_btd, p["pre_ffw_norm"]["scale"], config.norm_eps)
-  h_btd = _mlp(p["mlp"], h_btd, layout)
+  h_btd = _mlp(config, p["mlp"], h_btd, layout)
   if config.use_post_ffw_norm:
     h_btd = rms_norm(h_btd, p["post_ffw_norm"]["scale"], config.norm_eps)
   return sharding.constrain(x_btd + h_btd, ("batch", None, None)), new_layer_cache
@@ -292,13 +307,16 @@ def decode_params(config: ModelConfig, params: Params) -> Params:
   weights and transpose the ones whose contracted axis is not last, every token
   (most of a decode step's time for small batches). Costs one extra copy of
   the block weights while it lives; each copy keeps its parameter's sharding.
+  The copies (and the tied embedding, read by every step's logits) are made in the
+  compute dtype, so a bf16 decode reads half the bytes of fp32 master weights.
   """
+  dt = _dtype(config)
   layers = []
   for i in range(config.num_layers):
     layer = jax.tree.map(lambda x, i=i: x[i], params["layers"])
     for group, name, perm, merge in _DECODE_TRANSPOSES:
       stored_axes = sharding.param_logical_axes(f"layers/{group}/{name}/w", len(perm) + 1)[1:]
-      w = jnp.transpose(layer[group][name]["w"], perm)
+      w = jnp.transpose(layer[group][name]["w"].astype(dt), perm)
       axes = tuple(stored_axes[a] for a in perm)
       if merge is not None:
         first, count = merge
@@ -306,7 +324,12 @@ def decode_params(config: ModelConfig, params: Params) -> Params:
         axes = axes[:first + 1] + axes[first + count:]
       layer[group] = {**layer[group], name: {"w": sharding.constrain(w, axes)}}
     layers.append(layer)
-  return {**params, "layers": tuple(layers)}
+  embedding_vd = params["embedder"]["input_embedding"]
+  if embedding_vd.dtype != dt:  # fp32 compute keeps the params' own table (no copy).
+    embedding_vd = sharding.constrain(embedding_vd.astype(dt), sharding.param_logical_axes(
+        "embedder/input_embedding", 2))
+  return {**params, "embedder": {**params["embedder"], "input_embedding": embedding_vd},
+          "layers": tuple(layers)}
 
 
 def forward_hidden_unrolled(config: ModelConfig, dparams: Params, tokens_bt: jax.Array,
@@ -333,8 +356,11 @@ def forward_hidden_unrolled(config: ModelConfig, dparams: Params, tokens_bt: jax
 
 
 def logits_from_hidden(config: ModelConfig, params: Params, h_btd: jax.Array) -> jax.Array:
-  """Tied output projection in fp32, then Gemma 2's final soft-cap: float32 [B, T, V]."""
-  logits_btv = jnp.einsum("BTD,VD->BTV", h_btd, params["embedder"]["input_embedding"],
+  """Tied output projection (compute-dtype operands, fp32 accumulation), then Gemma 2's
+  final soft-cap: float32 [B, T, V]."""
+  dt = _dtype(config)
+  logits_btv = jnp.einsum("BTD,VD->BTV", h_btd.astype(dt),
+                          params["embedder"]["input_embedding"].astype(dt),
                           preferred_element_type=jnp.float32)
   logits_btv = sharding.constrain(logits_btv, ("batch", None, "vocab"))
   return softcap(logits_btv, config.final_logit_softcap)

@@ -268,7 +268,10 @@ def test_save_rejects_params_of_another_config(tmp_path):
 def test_bfloat16_config(gemma2_flat, tmp_path):
   config, flat = gemma2_flat
   path = _write(tmp_path / "ckpt", flat)
+  # bf16 compute alone keeps fp32 master weights; param_dtype sets the storage.
   loaded = gemma_flax.load_gemma_flax(path, model.get_config("tiny", dtype="bfloat16"))
+  assert loaded["embedder"]["input_embedding"].dtype.name == "float32"
+  loaded = gemma_flax.load_gemma_flax(path, model.get_config("tiny", param_dtype="bfloat16"))
   embed = loaded["embedder"]["input_embedding"]
   assert embed.dtype.name == "bfloat16"
   np.testing.assert_array_equal(

@@ -137,7 +137,12 @@ def test_tiny_gguf_round_trip(tiny_file):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=0), got, params)
   np.testing.assert_array_equal(got["layers"]["mlp"]["linear"]["w"],
                                 params["layers"]["mlp"]["linear"]["w"])
-  _, got_bf16 = mg.load_gguf(reader, dtype="bfloat16")
+  # bf16 compute keeps fp32 master weights; bf16 storage only when asked.
+  config_bf16, got_bf16 = mg.load_gguf(reader, dtype="bfloat16")
+  assert (config_bf16.dtype, config_bf16.param_dtype) == ("bfloat16", "float32")
+  np.testing.assert_array_equal(got_bf16["layers"]["mlp"]["linear"]["w"],
+                                params["layers"]["mlp"]["linear"]["w"])
+  _, got_bf16 = mg.load_gguf(reader, param_dtype="bfloat16")
   assert got_bf16["embedder"]["input_embedding"].dtype == jax.numpy.bfloat16
 
 

@@ -123,10 +123,17 @@ def test_transformers_4x_config_format(hf_checkpoint):
 def test_bf16_checkpoint_loads(tmp_path):
   hf = _hf_model("gemma2").to(torch.bfloat16)
   hf.save_pretrained(str(tmp_path))
-  config, params = checkpoints.load_hf(str(tmp_path), dtype="bfloat16")
-  assert params["layers"]["attn"]["q_einsum"]["w"].dtype == jax.numpy.bfloat16
   expected = hf.model.layers[1].self_attn.q_proj.weight.detach().float().numpy()
-  got = np.asarray(params["layers"]["attn"]["q_einsum"]["w"][1], np.float32)
+  # bf16 compute, fp32 master weights (the default storage): the file's values, exactly.
+  config, params = checkpoints.load_hf(str(tmp_path), dtype="bfloat16")
+  assert (config.dtype, config.param_dtype) == ("bfloat16", "float32")
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
+  got = np.asarray(params["layers"]["attn"]["q_einsum"]["w"][1])
+  np.testing.assert_array_equal(got.transpose(0, 2, 1).reshape(expected.shape), expected)
+  # bf16 storage only when asked.
+  _, params16 = checkpoints.load_hf(str(tmp_path), param_dtype="bfloat16")
+  assert params16["layers"]["attn"]["q_einsum"]["w"].dtype == jax.numpy.bfloat16
+  got = np.asarray(params16["layers"]["attn"]["q_einsum"]["w"][1], np.float32)
   np.testing.assert_array_equal(got.transpose(0, 2, 1).reshape(expected.shape), expected)
 
 

@@ -64,7 +64,7 @@ def test_sliding_window_limits_context():
 
 def test_bf16_params_fp32_logits():
   c32 = model.get_config("tiny")
-  c16 = model.get_config("tiny", dtype="bfloat16")
+  c16 = model.get_config("tiny", dtype="bfloat16", param_dtype="bfloat16")
   p32 = model.init_params(c32, jax.random.key(0))
   p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), p32)
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(model.init_params(c16,

@@ -11,7 +11,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from score_jax import multihost, train
+from score_jax import multihost, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -33,7 +33,7 @@ def main(argv):
   print(f"score_jax process {jax.process_index()}/{jax.process_count()}: "
         f"{jax.local_device_count()} local / {jax.device_count()} global devices "
         f"({jax.devices()[0].platform})", flush=True)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  pipeline.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

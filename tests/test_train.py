@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from score_jax import train
+from score_jax import pipeline, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,7 @@ def _final_params(workdir):
 
 
 def test_end_to_end_outputs(tmp_path):
-  results = train.train_and_evaluate(small_config(), str(tmp_path))
+  results = pipeline.train_and_evaluate(small_config(), str(tmp_path))
   assert set(results) == {"base", "score"}
   for r in results.values():
     assert set(evaluation_keys := ("acc_t1", "acc_t2", "delta", "delta_i_to_c",

@@ -91,7 +91,7 @@ def _seed_from_base(base_dir: str, workdir: str) -> None:
 def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
             methods: Sequence[str], rl_steps: int) -> None:
   """Runs (or resumes) base + every method for every seed, in order, showing progress."""
-  from score_jax import train  # heavy import (jax), kept out of summarize's path.
+  from score_jax import pipeline  # heavy import (jax), kept out of summarize's path.
 
   jobs = [(seed, m) for seed in seeds for m in ("base", *methods)]
   for i, (seed, method) in enumerate(jobs):
@@ -103,7 +103,7 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
     t0 = time.time()
     if method != "base":
       _seed_from_base(os.path.join(workdir, f"seed{seed}", "base"), run_dir)
-    train.train_and_evaluate(run_config(base, method, seed, rl_steps), run_dir)
+    pipeline.train_and_evaluate(run_config(base, method, seed, rl_steps), run_dir)
     with open(os.path.join(run_dir, "wall_time.json"), "w") as f:
       json.dump({"seconds": time.time() - t0}, f)
 

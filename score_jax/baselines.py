@@ -45,6 +45,7 @@ from score_jax import (metrics as metrics_lib, model, multihost, phase, self_ref
                        tasks, train)
 
 METHODS = ("star", "pair_sft")
+LABELS = {"star": "STaR", "pair_sft": "Pair-SFT"}  # their progress bars' names
 
 
 # --- episodes -> SFT examples (host numpy, pure) ------------------------------------------------
@@ -192,6 +193,8 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
     raise ValueError(f"{ckpt.directory} was written with {meta}, not {plan}; use the same config "
                      "to resume, or a new workdir.")
   step_fn = sft.make_sft_step(run.model_config, opt, state, run.mesh)
+  writer.drop_after(f"{method}/", start)  # a resumed run repeats the steps after `start`.
+  bar = writer.progress(LABELS[method], total, start)  # writer.write moves it.
   try:
     for round_start in range(start, total, per_round):
       round_steps = range(round_start, min(round_start + per_round, total))
@@ -222,6 +225,7 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
         ckpt.save(end, state, plan, force=True)
       phase.save_or_stop(ckpt, end, total, state, plan)
   finally:
+    bar.close()
     ckpt.close()
   return state["params"]
 

@@ -59,4 +59,5 @@ def save_or_stop(ckpt: checkpoint.Checkpointer, step: int, last: int, state: sft
   if stop:
     ckpt.wait()
     phase = {"rl": "RL", "warmstart": "warm-start"}.get(meta["phase"], meta["phase"])
-    raise SystemExit(f"preempted during {phase}; saved step {step}")
+    raise SystemExit(f"preempted during {phase}; saved step {step}. Rerun the same command to "
+                     "resume from it.")

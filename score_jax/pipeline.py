@@ -36,7 +36,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1))
-  writer = metrics_lib.MetricWriter(workdir)
+  log = config.get("log") or ml_collections.ConfigDict()
+  writer = metrics_lib.MetricWriter(workdir, every=log.get("every", 10),
+                                    verbose=log.get("verbose", False))
   print(f"model: {run.model_config.num_params():,} params, vocab {run.tok.vocab_size}; "
         f"mesh {dict(run.mesh.shape)}; task {run.task.name}: {len(run.task.train)} train / "
         f"{len(run.task.eval)} eval problems", flush=True)

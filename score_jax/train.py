@@ -24,8 +24,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import (eval as evaluation, losses, metrics as metrics_lib, model, multihost, phase,
-                       rollout, sft, sharding, tasks, tokenizer as tokenizer_lib, train_step)
+from score_jax import (console, eval as evaluation, losses, metrics as metrics_lib, model,
+                       multihost, phase, rollout, sft, sharding, tasks, tokenizer as tokenizer_lib,
+                       train_step)
 from score_jax import base_model
 from score_jax.base_model import load_base_model
 from score_jax.model import checkpoints, gguf as gguf_lib
@@ -154,6 +155,8 @@ def run_warmstart(run: Run, writer: metrics_lib.MetricWriter) -> model.Params:
                                            save_every=run.config.checkpoint.every,
                                            keep=run.config.checkpoint.keep)
   step_fn = sft.make_sft_step(run.model_config, opt, state, run.mesh)
+  writer.drop_after("warmstart/", start)  # a resumed run repeats the steps after `start`.
+  bar = writer.progress("warm-start", cfg.steps, start)
   try:
     for step in range(start, cfg.steps):
       batch = sft.pack_examples(warmstart_examples(run, step), cfg.seq_len, run.tok.pad_id,
@@ -162,8 +165,10 @@ def run_warmstart(run: Run, writer: metrics_lib.MetricWriter) -> model.Params:
       state, m = step_fn(state, phase.host_rows_of(run.mesh, batch))
       if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
         writer.write(step + 1, m, prefix="warmstart/")
+      bar.update(step + 1)
       phase.save_or_stop(ckpt, step + 1, cfg.steps, state, {"phase": "warmstart"})
   finally:
+    bar.close()
     ckpt.close()
   return state["params"]
 
@@ -286,8 +291,16 @@ def run_rl(run: Run, base_params: model.Params,
                                          ref_params, run.mesh)
            for name in {name for name, _ in schedule}}
   stage_of = [name for name, n in schedule for _ in range(n)]
+  entry_of = [i for i, (_, n) in enumerate(schedule) for _ in range(n)]  # one bar per entry
+  first_of = [sum(n for _, n in schedule[:i]) for i in range(len(schedule))]
+  writer.drop_after("rl/", start)  # a resumed run repeats the steps after `start`.
+  bar = None
   try:
     for step in range(start, total):
+      if bar is None or step == first_of[entry_of[step]]:
+        first = first_of[entry_of[step]]
+        bar = writer.progress(f"RL {stage_of[step]}", schedule[entry_of[step]][1], step - first,
+                              offset=first)
       t0 = time.perf_counter()
       batch, m = rl_batch(run, state["params"], ref_params, step)
       t1 = time.perf_counter()
@@ -300,6 +313,8 @@ def run_rl(run: Run, base_params: model.Params,
       phase.save_or_stop(ckpt, step + 1, total, state, {"phase": "rl", "stage": stage_of[step],
                                                         "stage_schedule": cfg.stage_schedule})
   finally:
+    if bar is not None:
+      bar.close()
     ckpt.close()
   return state["params"]
 
@@ -319,8 +334,12 @@ def evaluate_params(run: Run, params: model.Params) -> dict[str, Any]:
   rc = dataclasses.replace(rollout_config(run, greedy=True), num_attempts=attempts)
   kw = dict(decode=run.tok.decode, reward_fn=run.task.reward, answer_fn=run.task.answer,
             micro_batch=cfg.batch_size)
+  bar = console.Progress("evaluation", len(examples), enabled=jax.process_index() == 0)
   with jax.set_mesh(run.mesh):
-    result = evaluation.evaluate(run.model_config, params, prompts, lengths, golds, rc=rc, **kw)
+    result = evaluation.evaluate(run.model_config, params, prompts, lengths, golds, rc=rc,
+                                 on_chunk=lambda done: bar.update(min(done, len(examples))),
+                                 **kw)
+    bar.close()
     budgets = tuple(cfg.get("scaling_budgets", ()))
     if budgets:
       sampled = dataclasses.replace(rollout_config(run), offline_first_fraction=0.0,

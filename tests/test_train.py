@@ -88,6 +88,7 @@ def test_sigterm_mid_run_then_resume_equals_uninterrupted(tmp_path):
     time.sleep(0.05)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode != 0 and "preempted during RL" in out, out[-2000:]
+  assert "Rerun the same command to resume" in out
   saved_steps = sorted(int(d) for d in os.listdir(interrupted / "rl") if d.isdigit())
   assert saved_steps and saved_steps[-1] < 5
   resumed = subprocess.run(_cli_args(interrupted), cwd=REPO, env=env, capture_output=True,

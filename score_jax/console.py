@@ -1,4 +1,4 @@
-"""What a run prints: a progress bar per phase on a terminal, a compact line every `log.every` steps.
+"""What a run prints: a progress bar per phase (terminals only), a line every `log.every` steps.
 
 The full metrics go to metrics.jsonl and TensorBoard (`metrics.MetricWriter`); the console
 says how far a phase is and shows the few numbers that tell whether it works. With

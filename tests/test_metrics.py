@@ -1,4 +1,4 @@
-"""The console (compact lines, bars only on a terminal, verbose lines) and metrics.jsonl on resume."""
+"""The console (compact lines, bars on terminals only, verbose lines); metrics.jsonl on resume."""
 
 import io
 import json

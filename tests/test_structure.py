@@ -1,4 +1,4 @@
-"""Package structure: no import cycle among score_jax's modules, no use of another module's privates.
+"""Package structure: no import cycle among score_jax's modules, no use of another's privates.
 
 Both checks read the source with `ast` (nothing is imported), so an import inside a
 function counts as much as one at the top of a file.

@@ -148,3 +148,22 @@ def test_update_width_is_the_longest_episode_rounded_up_within_the_buffer():
   assert train.trimmed_width(190, 194) == 192
   assert train.trimmed_width(193, 194) == 194  # never wider than the rollout's buffer.
   assert train.trimmed_width(5, 194, multiple=8) == 8
+
+
+def test_ctrl_c_outside_a_phase_says_that_rerunning_resumes(tmp_path, monkeypatch, capsys):
+  from absl import flags
+  from score_jax import main as main_lib, multihost
+
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt  # e.g. Ctrl-C during evaluation, where no checkpointer listens
+
+  monkeypatch.setattr(pipeline, "train_and_evaluate", interrupted)
+  monkeypatch.setattr(multihost, "initialize", lambda *args: None)
+  flags.FLAGS(["main", "--config=configs/demo.py", f"--workdir={tmp_path}"])
+  try:
+    with pytest.raises(SystemExit) as stop:
+      main_lib.main(["main"])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert stop.value.code == 130
+  assert "rerun the same command to resume" in capsys.readouterr().err

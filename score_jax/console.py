@@ -57,7 +57,7 @@ class Progress:
   """One phase's bar (steps offset+1 .. offset+total), on a terminal only; lines go above it."""
 
   def __init__(self, name: str, total: int, initial: int = 0, *, offset: int = 0,
-               stream: TextIO | None = None, enabled: bool = True):
+               stream: TextIO | None = None, enabled: bool = True, unit: str = "step"):
     self.name, self.total, self.offset = name, total, offset
     self.stream = stream or sys.stdout
     self.enabled = enabled
@@ -65,7 +65,7 @@ class Progress:
     self.closed = False
     self._bar = None
     if enabled and is_terminal(self.stream):
-      self._bar = tqdm.tqdm(total=total, initial=initial, desc=name, unit="step",
+      self._bar = tqdm.tqdm(total=total, initial=initial, desc=name, unit=unit,
                             file=self.stream, dynamic_ncols=True)
     self._line_time, self._line_position = time.perf_counter(), initial
 

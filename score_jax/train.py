@@ -334,7 +334,8 @@ def evaluate_params(run: Run, params: model.Params) -> dict[str, Any]:
   rc = dataclasses.replace(rollout_config(run, greedy=True), num_attempts=attempts)
   kw = dict(decode=run.tok.decode, reward_fn=run.task.reward, answer_fn=run.task.answer,
             micro_batch=cfg.batch_size)
-  bar = console.Progress("evaluation", len(examples), enabled=jax.process_index() == 0)
+  bar = console.Progress("evaluation", len(examples), enabled=jax.process_index() == 0,
+                         unit="problem")
   with jax.set_mesh(run.mesh):
     result = evaluation.evaluate(run.model_config, params, prompts, lengths, golds, rc=rc,
                                  on_chunk=lambda done: bar.update(min(done, len(examples))),

@@ -73,6 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
       learning_rate=1e-4, include_correct_to_correct=False))  # True: the paper's D+ variants.
 
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3))
+  # Console: a progress bar per phase (on a terminal) and a compact line every `every` steps;
+  # verbose=True prints every logged step's full metrics (all of them are in metrics.jsonl
+  # and TensorBoard either way).
+  c.log = ml_collections.ConfigDict(dict(every=10, verbose=False))
   # base: also evaluate the base model (an experiment sharing one base turns it off);
   # self_refine: also evaluate the base model with generate -> feedback -> refine prompting
   # (instructions: score_jax/self_refine.py; empty = its defaults).

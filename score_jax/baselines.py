@@ -41,10 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from score_jax import (metrics as metrics_lib, model, multihost, self_refine, sft, sharding, tasks,
-                       train)
+from score_jax import (metrics as metrics_lib, model, multihost, phase, self_refine, sft, sharding,
+                       tasks, train)
 
 METHODS = ("star", "pair_sft")
+LABELS = {"star": "STaR", "pair_sft": "Pair-SFT"}  # their progress bars' names
 
 
 # --- episodes -> SFT examples (host numpy, pure) ------------------------------------------------
@@ -183,13 +184,17 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
   ref_params = jax.tree.map(jnp.copy, sharding.shard_params(base_params, run.mesh))
   opt = optax.chain(optax.clip_by_global_norm(rl.grad_clip),
                     optax.adam(cfg.learning_rate, b1=rl.adam_b1, b2=rl.adam_b2))
-  ckpt, start, state, meta = train._open_phase(run, method,
-                                               sft.init_train_state(base_params, opt, run.mesh))
+  ckpt, start, state, meta = phase.open_phase(run.workdir, method,
+                                              sft.init_train_state(base_params, opt, run.mesh),
+                                              save_every=run.config.checkpoint.every,
+                                              keep=run.config.checkpoint.keep)
   plan = {"phase": method, "steps": total, "round_steps": per_round}
   if start and {k: meta.get(k) for k in plan} != plan:
     raise ValueError(f"{ckpt.directory} was written with {meta}, not {plan}; use the same config "
                      "to resume, or a new workdir.")
   step_fn = sft.make_sft_step(run.model_config, opt, state, run.mesh)
+  writer.drop_after(f"{method}/", start)  # a resumed run repeats the steps after `start`.
+  bar = writer.progress(LABELS[method], total, start)  # writer.write moves it.
   try:
     for round_start in range(start, total, per_round):
       round_steps = range(round_start, min(round_start + per_round, total))
@@ -208,7 +213,7 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
         if per_update:
           picked = order[(j * per_update + np.arange(per_update)) % len(pool)]
           packed = pack_rows([pool[i] for i in picked], rows, run.tok.pad_id)
-          state, update = step_fn(state, train._host_rows_of(run, packed))
+          state, update = step_fn(state, phase.host_rows_of(run.mesh, packed))
           m.update(multihost.fetch(update))
         m.update(pool_size=len(pool), rows=per_update, updated=float(per_update > 0))
         writer.write(step + 1, m, prefix=f"{method}/")
@@ -218,8 +223,9 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
       every = ckpt.save_every
       if every > 0 and end // every > round_start // every:
         ckpt.save(end, state, plan, force=True)
-      train._save_or_stop(ckpt, end, total, state, plan)
+      phase.save_or_stop(ckpt, end, total, state, plan)
   finally:
+    bar.close()
     ckpt.close()
   return state["params"]
 

@@ -66,15 +66,20 @@ def pad_to_micro_batches(prompts: np.ndarray, prompt_lengths: np.ndarray, micro_
 def evaluate(config: ModelConfig, params: Params, prompts: np.ndarray, prompt_lengths: np.ndarray,
              golds: Sequence[str], *, rc: rollout.RolloutConfig,
              decode: Callable[[list[int]], str], reward_fn: Callable[[str, str], float],
-             answer_fn: Callable[[str], str | None], micro_batch: int) -> dict[str, Any]:
-  """Greedy N-attempt evaluation: metrics plus per-problem texts and correctness."""
+             answer_fn: Callable[[str], str | None], micro_batch: int,
+             on_chunk: Callable[[int], None] | None = None) -> dict[str, Any]:
+  """Greedy N-attempt evaluation: metrics plus per-problem texts and correctness.
+
+  on_chunk(problems sampled, padding included) after each micro-batch: a progress bar.
+  """
   if rc.temperature != 0.0 or rc.samples_per_prompt != 1:
     raise ValueError("evaluation is greedy with one sample per problem: use temperature=0 and "
                      "samples_per_prompt=1 in its RolloutConfig.")
   n = prompts.shape[0]
   size, prompts, prompt_lengths = pad_to_micro_batches(prompts, prompt_lengths, micro_batch)
   episodes = rollout.rollout_in_chunks(config, params, prompts, prompt_lengths,
-                                       jax.random.key(0), rc=rc, micro_batch=size)
+                                       jax.random.key(0), rc=rc, micro_batch=size,
+                                       on_chunk=on_chunk)
   texts = [t[:n] for t in rollout.attempt_texts(episodes, decode, rc.stop_tokens)]
   truncated = multihost.fetch(episodes.truncated)[:, :n]
   return score_attempts(texts, golds, truncated, reward_fn=reward_fn, answer_fn=answer_fn)
@@ -167,14 +172,16 @@ def write_report(results: dict[str, dict[str, Any]], directory: str) -> str:
     json.dump(results, f, indent=1)
   with open(os.path.join(directory, "eval.txt"), "w") as f:
     f.write(table + "\n")
-  _plot(results, os.path.join(directory, "eval.png"))
+  plot_report(results, os.path.join(directory, "eval.png"))
   return table
 
 
-def _plot(results: dict[str, dict[str, Any]], path: str) -> None:
+def plot_report(results: dict[str, dict[str, Any]], path: str):
+  """Writes eval.png (transitions per method, accuracy per attempt, scaling); returns the figure."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
 
   names = list(results)
   scaled = [name for name in names if "scaling" in results[name]]
@@ -210,8 +217,10 @@ def _plot(results: dict[str, dict[str, Any]], path: str) -> None:
     c = np.asarray(results[name]["correct"])
     ax.plot(np.arange(1, c.shape[0] + 1), 100 * c.mean(1), marker="o", label=name)
   ax.set_xlabel("attempt")
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # attempts 1, 2, ..., never 1.5
   ax.set_ylabel("accuracy (%)")
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+  return fig

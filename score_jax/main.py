@@ -6,12 +6,13 @@ the same workdir resumes from the last checkpoint.
 """
 
 import logging
+import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from score_jax import multihost, train
+from score_jax import multihost, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -33,7 +34,12 @@ def main(argv):
   print(f"score_jax process {jax.process_index()}/{jax.process_count()}: "
         f"{jax.local_device_count()} local / {jax.device_count()} global devices "
         f"({jax.devices()[0].platform})", flush=True)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    pipeline.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except KeyboardInterrupt:  # Ctrl-C outside a training phase (inside one it saves and exits).
+    print(f"\ninterrupted; rerun the same command to resume: finished phases and the last "
+          f"checkpoint are in {_WORKDIR.value}", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

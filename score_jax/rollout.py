@@ -233,11 +233,13 @@ def rollout(config: ModelConfig, params: Params, prompt_tokens: jax.Array,
 
 def rollout_in_chunks(config: ModelConfig, params: Params, prompt_tokens: np.ndarray,
                       prompt_lengths: np.ndarray, rng: jax.Array, *, rc: RolloutConfig,
-                      micro_batch: int, ref_params: Params | None = None) -> Episodes:
+                      micro_batch: int, ref_params: Params | None = None,
+                      on_chunk: Callable[[int], None] | None = None) -> Episodes:
   """`rollout` over micro-batches of `micro_batch` prompts, concatenated (prompt_index global).
 
   Each chunk gets its own key (fold_in of the chunk index), so the result depends
-  on `micro_batch`; keep it fixed within a run for reproducibility.
+  on `micro_batch`; keep it fixed within a run for reproducibility. `on_chunk(prompts
+  done)` runs after each chunk has finished (it waits for the chunk: for progress bars).
   """
   num_prompts = prompt_tokens.shape[0]
   if num_prompts % micro_batch:
@@ -254,6 +256,9 @@ def rollout_in_chunks(config: ModelConfig, params: Params, prompt_tokens: np.nda
                  prompt_lengths[start:start + micro_batch], jax.random.fold_in(rng, i), rc=rc,
                  ref_params=ref_params, dparams=dparams, ref_dparams=ref_dparams)
     chunks.append(ep._replace(prompt_index=ep.prompt_index + start))
+    if on_chunk is not None:
+      jax.block_until_ready(ep.length)
+      on_chunk(start + micro_batch)
   return Episodes(*(jnp.concatenate(field, axis=1 if name in _ATTEMPT_MAJOR else 0)
                     for name, field in zip(Episodes._fields, zip(*chunks))))
 

@@ -1,4 +1,6 @@
-"""The run: warm-start the base model, then SCoRe (Stage I -> Stage II), then evaluate.
+"""The run's phases: warm-start the base model, SCoRe (Stage I -> Stage II), evaluation.
+
+`pipeline.train_and_evaluate` chains them (and the SFT baselines) into the whole job.
 
 One outer loop per RL step:  sample episodes (rollout) -> verify (task reward)
 -> update (train_step). Every step is a function of (config, seed, step): the
@@ -12,7 +14,6 @@ workdir: `warmstart/` (supervised phase, its last step is the base model) and
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 from typing import Any
@@ -23,14 +24,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import (checkpoint, eval as evaluation, losses, metrics as metrics_lib, model,
-                       multihost, rollout, sft, sharding, tasks, tokenizer as tokenizer_lib,
+from score_jax import (console, eval as evaluation, losses, metrics as metrics_lib, model,
+                       multihost, phase, rollout, sft, sharding, tasks, tokenizer as tokenizer_lib,
                        train_step)
 from score_jax import base_model
 from score_jax.base_model import load_base_model
 from score_jax.model import checkpoints, gguf as gguf_lib
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -104,50 +103,6 @@ def prompt_ids(run: Run, example: tasks.Example) -> list[int]:
   return run.tok.first_turn_ids(example.prompt)
 
 
-def _open_phase(run: Run, name: str, state: sft.TrainState):
-  """The phase's checkpointer, resumed: (ckpt, start step, state, meta); start 0 when new."""
-  ckpt = checkpoint.Checkpointer(os.path.join(run.workdir, name),
-                                 save_every=run.config.checkpoint.every,
-                                 keep=run.config.checkpoint.keep)
-  restored = ckpt.restore(checkpoint.abstract_like(state))
-  start, meta = 0, {}
-  if restored is not None:
-    start, state, meta = restored
-    log.info("%s resumed at step %d", name, start)
-  ckpt.install_signal_handlers()
-  return ckpt, start, state, meta
-
-
-def _host_rows_of(run: Run, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-  """A batch every process knows in full -> global arrays from each process's own rows.
-
-  One process: the numpy batch unchanged (the step places it). Several: only the rows
-  this host's devices hold are transferred (jit refuses host arrays for shardings that
-  span processes).
-  """
-  if jax.process_count() == 1:
-    return batch
-  return {k: multihost.global_from_full(v, sharding.batch_sharding(run.mesh, v.ndim))
-          for k, v in batch.items()}
-
-
-def _save_or_stop(ckpt: checkpoint.Checkpointer, step: int, last: int, state: sft.TrainState,
-                  meta: dict[str, Any]) -> None:
-  """Saves when due; on a preemption seen by ANY process, every process saves, then exits.
-
-  The save is a collective (orbax multi-host), so the decision is agreed first and the
-  checkpointer's own (per-process, racy) preemption flag is not consulted.
-  """
-  stop = multihost.any_process(ckpt.preempted)
-  due = step == last or (ckpt.save_every > 0 and step % ckpt.save_every == 0)
-  if stop or due:
-    ckpt.save(step, state, meta, force=True)
-  if stop:
-    ckpt.wait()
-    phase = {"rl": "RL", "warmstart": "warm-start"}.get(meta["phase"], meta["phase"])
-    raise SystemExit(f"preempted during {phase}; saved step {step}")
-
-
 # --- supervised warm-start --------------------------------------------------------------------
 
 
@@ -195,19 +150,25 @@ def run_warmstart(run: Run, writer: metrics_lib.MetricWriter) -> model.Params:
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
                                                 max(cfg.steps, cfg.warmup_steps + 1))
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
-  ckpt, start, state, _ = _open_phase(run, "warmstart",
-                                      sft.init_train_state(params, opt, run.mesh))
+  ckpt, start, state, _ = phase.open_phase(run.workdir, "warmstart",
+                                           sft.init_train_state(params, opt, run.mesh),
+                                           save_every=run.config.checkpoint.every,
+                                           keep=run.config.checkpoint.keep)
   step_fn = sft.make_sft_step(run.model_config, opt, state, run.mesh)
+  writer.drop_after("warmstart/", start)  # a resumed run repeats the steps after `start`.
+  bar = writer.progress("warm-start", cfg.steps, start)
   try:
     for step in range(start, cfg.steps):
       batch = sft.pack_examples(warmstart_examples(run, step), cfg.seq_len, run.tok.pad_id,
                                 bucket=32)
       batch["target_index"] = losses.target_positions(batch["loss_mask"])
-      state, m = step_fn(state, _host_rows_of(run, batch))
+      state, m = step_fn(state, phase.host_rows_of(run.mesh, batch))
       if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
         writer.write(step + 1, m, prefix="warmstart/")
-      _save_or_stop(ckpt, step + 1, cfg.steps, state, {"phase": "warmstart"})
+      bar.update(step + 1)
+      phase.save_or_stop(ckpt, step + 1, cfg.steps, state, {"phase": "warmstart"})
   finally:
+    bar.close()
     ckpt.close()
   return state["params"]
 
@@ -281,7 +242,7 @@ def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], d
   rng = np.random.default_rng([run.config.seed, 11, step])
   chosen = [run.task.train[i] for i in rng.choice(len(run.task.train), cfg.prompts_per_step,
                                                     replace=False)]
-  prompts = _host_rows_of(run, dict(zip(("tokens", "lengths"), tasks.batch_prompts(
+  prompts = phase.host_rows_of(run.mesh, dict(zip(("tokens", "lengths"), tasks.batch_prompts(
       [prompt_ids(run, ex) for ex in chosen], run.tok.pad_id))))
   rc = rollout_config(run)
   t0 = time.perf_counter()
@@ -345,7 +306,9 @@ def run_rl(run: Run, base_params: model.Params,
   initial = sft.init_train_state(base_params, opt, run.mesh)
   if cfg.get("adaptive_beta2", False):  # the controller's beta2 is checkpointed with the state.
     initial = train_step.add_beta2_state(initial, cfg.beta2, run.mesh)
-  ckpt, start, state, meta = _open_phase(run, "rl", initial)
+  ckpt, start, state, meta = phase.open_phase(run.workdir, "rl", initial,
+                                               save_every=run.config.checkpoint.every,
+                                               keep=run.config.checkpoint.keep)
   if start and meta.get("stage_schedule") != cfg.stage_schedule:
     raise ValueError(f"{ckpt.directory} was written with stage_schedule "
                      f"{meta.get('stage_schedule')!r}, not {cfg.stage_schedule!r}; use the same "
@@ -355,8 +318,16 @@ def run_rl(run: Run, base_params: model.Params,
            for name in {name for name, _ in schedule}}
   stage_of = [name for name, n in schedule for _ in range(n)]
   skipped_in_a_row = 0
+  entry_of = [i for i, (_, n) in enumerate(schedule) for _ in range(n)]  # one bar per entry
+  first_of = [sum(n for _, n in schedule[:i]) for i in range(len(schedule))]
+  writer.drop_after("rl/", start)  # a resumed run repeats the steps after `start`.
+  bar = None
   try:
     for step in range(start, total):
+      if bar is None or step == first_of[entry_of[step]]:
+        first = first_of[entry_of[step]]
+        bar = writer.progress(f"RL {stage_of[step]}", schedule[entry_of[step]][1], step - first,
+                              offset=first)
       t0 = time.perf_counter()
       batch, m = rl_batch(run, state["params"], ref_params, step)
       t1 = time.perf_counter()
@@ -368,9 +339,11 @@ def run_rl(run: Run, base_params: model.Params,
       m.update(time_update=time.perf_counter() - t1, time_step=time.perf_counter() - t0,
                stage=stage_of[step])
       writer.write(step + 1, m, prefix="rl/")
-      _save_or_stop(ckpt, step + 1, total, state, {"phase": "rl", "stage": stage_of[step],
-                                                   "stage_schedule": cfg.stage_schedule})
+      phase.save_or_stop(ckpt, step + 1, total, state, {"phase": "rl", "stage": stage_of[step],
+                                                        "stage_schedule": cfg.stage_schedule})
   finally:
+    if bar is not None:
+      bar.close()
     ckpt.close()
   return state["params"]
 
@@ -390,8 +363,13 @@ def evaluate_params(run: Run, params: model.Params) -> dict[str, Any]:
   rc = dataclasses.replace(rollout_config(run, greedy=True), num_attempts=attempts)
   kw = dict(decode=run.tok.decode, reward_fn=run.task.reward, answer_fn=run.task.answer,
             micro_batch=cfg.batch_size)
+  bar = console.Progress("evaluation", len(examples), enabled=jax.process_index() == 0,
+                         unit="problem")
   with jax.set_mesh(run.mesh):
-    result = evaluation.evaluate(run.model_config, params, prompts, lengths, golds, rc=rc, **kw)
+    result = evaluation.evaluate(run.model_config, params, prompts, lengths, golds, rc=rc,
+                                 on_chunk=lambda done: bar.update(min(done, len(examples))),
+                                 **kw)
+    bar.close()
     budgets = tuple(cfg.get("scaling_budgets", ()))
     if budgets:
       sampled = dataclasses.replace(rollout_config(run), offline_first_fraction=0.0,
@@ -402,14 +380,6 @@ def evaluate_params(run: Run, params: model.Params) -> dict[str, Any]:
   return result
 
 
-def _export_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:
-  """config.export.hf_dir, else <workdir>/export/hf; None when config.export.enabled is False."""
-  cfg = config.get("export") or ml_collections.ConfigDict()
-  if not cfg.get("enabled", True):
-    return None
-  return os.path.expanduser(cfg.get("hf_dir") or os.path.join(workdir, "export", "hf"))
-
-
 def export_hf(run: Run, params: model.Params, path: str) -> None:
   """Writes the policy as a transformers checkpoint (config.json, model.safetensors) with the
   run's tokenizer.model beside it. Every process gathers (a collective); process 0 writes."""
@@ -418,49 +388,3 @@ def export_hf(run: Run, params: model.Params, path: str) -> None:
     checkpoints.save_hf(run.model_config, params, path)
     run.tok.save(os.path.join(path, "tokenizer.model"))
     print(f"exported the policy to {path} (transformers format)", flush=True)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """The main job: warm-start, SCoRe stages, evaluation of base vs trained policy."""
-  start = time.time()
-  from score_jax import baselines  # it builds on this module (rl_batch, _open_phase).
-  method = config.get("method", "score")
-  if method != "score" and method not in baselines.METHODS:
-    raise ValueError(f"unknown method {method!r}: use 'score' (the rl.stage_schedule, which also "
-                     f"runs the RL baselines naive_r2 / naive_sum / single_turn) or one of "
-                     f"{baselines.METHODS}.")
-  run = setup(config, workdir)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
-  writer = metrics_lib.MetricWriter(workdir)
-  print(f"model: {run.model_config.num_params():,} params, vocab {run.tok.vocab_size}; "
-        f"mesh {dict(run.mesh.shape)}; task {run.task.name}: {len(run.task.train)} train / "
-        f"{len(run.task.validation)} validation / {len(run.task.eval)} test problems", flush=True)
-  base = run_warmstart(run, writer)
-  results = {}
-  if config.eval.get("base", True):  # off when an experiment evaluates the shared base once.
-    results["base"] = evaluate_params(run, base)
-  if config.eval.get("self_refine", False):  # prompting baseline of the base model (method.md §6).
-    results["self_refine"] = baselines.evaluate_self_refine(run, base)
-  if results:
-    print(evaluation.format_table({k: r["metrics"] for k, r in results.items()}), flush=True)
-  final = base
-  if parse_schedule(config.rl.stage_schedule) or method != "score":
-    if method == "score":
-      final = run_rl(run, base, writer)
-    else:  # STaR / Pair-SFT on the RL schedule's budget of steps.
-      final = baselines.run_sft_baseline(run, base, writer, method)
-    results[method] = evaluate_params(run, final)
-  export_dir = _export_dir(config, workdir)
-  if export_dir:
-    export_hf(run, final, export_dir)
-  table = evaluation.format_table({name: r["metrics"] for name, r in results.items()})
-  if jax.process_index() == 0:  # one writer on a shared workdir.
-    evaluation.write_report(results, os.path.join(workdir, "eval"))
-  writer.close()
-  split = config.eval.get("split", "test")
-  print(f"\nEvaluation on {len(tasks.eval_examples(run.task, split))} {split} problems (greedy, %):\n{table}\n"
-        f"wall time {time.time() - start:.0f} s; results in {os.path.join(workdir, 'eval')}",
-        flush=True)
-  return results

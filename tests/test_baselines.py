@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from score_jax import baselines, metrics as metrics_lib, model, self_refine, sharding, train
+from score_jax import (baselines, metrics as metrics_lib, model, pipeline, self_refine, sharding,
+                       train)
 from tests.test_train import small_config
 
 PAD, EOT, STOP2 = 0, 9, 8  # EOT: <end_of_turn> (stop + turn close); STOP2: another stop id.
@@ -176,15 +177,15 @@ def test_train_and_evaluate_selects_the_method(tmp_path, monkeypatch):
                       lambda run, params: calls.append(("self_refine", params)) or fake)
   config = _config("pair_sft", steps=1)
   config.eval.self_refine = True
-  results = train.train_and_evaluate(config, str(tmp_path / "a"))
+  results = pipeline.train_and_evaluate(config, str(tmp_path / "a"))
   assert calls == [("self_refine", "base-params"), "pair_sft"]
   assert list(results) == ["base", "self_refine", "pair_sft"]
   assert results["pair_sft"]["of"] == "pair_sft" and results["base"]["of"] == "base-params"
   calls.clear()
   config.method, config.eval.self_refine = "score", False
   config.rl.stage_schedule = "naive_r2:2,single_turn:1"  # RL baselines are schedule entries.
-  assert list(train.train_and_evaluate(config, str(tmp_path / "b"))) == ["base", "score"]
+  assert list(pipeline.train_and_evaluate(config, str(tmp_path / "b"))) == ["base", "score"]
   assert calls == ["rl"]
   config.method = "stra"
   with pytest.raises(ValueError, match="unknown method 'stra'"):
-    train.train_and_evaluate(config, str(tmp_path / "c"))
+    pipeline.train_and_evaluate(config, str(tmp_path / "c"))

@@ -39,3 +39,14 @@ def test_table_and_report(tmp_path):
   assert "50.0" in table and "-25.0" in table
   assert (tmp_path / "eval.png").stat().st_size > 1000
   assert (tmp_path / "eval.json").exists()
+
+
+def test_accuracy_per_attempt_plot_has_integer_attempt_ticks(tmp_path):
+  for attempts in (2, 3, 7):
+    correct = [[1, 0, 0, 0]] * attempts
+    fig = evaluation.plot_report({"base": {"correct": correct}}, str(tmp_path / "eval.png"))
+    ax = fig.axes[-1]
+    assert ax.get_xlabel() == "attempt"
+    low, high = ax.get_xlim()
+    shown = [t for t in ax.get_xticks() if low <= t <= high]
+    assert shown == list(range(1, attempts + 1))  # matplotlib's default has 1.2, 1.4, ...

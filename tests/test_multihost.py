@@ -98,7 +98,8 @@ def test_two_processes_match_one_process(tmp_path):
     assert r["rows"] == [4 * i, 4 * i + 4] and r["gathered_ok"] and r["global_rows_ok"]
     # Only process 1 saw SIGTERM, after step 2's vote: nobody saved step 2 alone; both
     # agreed at step 3, saved it together and stopped.
-    assert r["preempted"] == "preempted during warm-start; saved step 3"
+    assert r["preempted"] == ("preempted during warm-start; saved step 3. Rerun the same command "
+                              "to resume from it.")
     assert r["saved_steps"] == [3]
 
   expected = _params(single, 0)

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import math_gemma, mbpp_gemma
-from score_jax import model, tasks, tokenizer as tokenizer_lib, train
+from score_jax import model, pipeline, tasks, tokenizer as tokenizer_lib, train
 from score_jax.model import checkpoints
 from score_jax.rewards import code, math as math_reward
 from tests.data.test_math_dataset import write_jsonl
@@ -90,7 +90,7 @@ def test_math_config_end_to_end(tmp_path, monkeypatch):
   monkeypatch.setattr(math_reward, "reward",
                       lambda r, g: checked.append((r, g)) or real_reward(r, g))
   workdir = tmp_path / "run"
-  results = train.train_and_evaluate(config, str(workdir))
+  results = pipeline.train_and_evaluate(config, str(workdir))
 
   assert set(results) == {"base", "score"}
   assert all(len(r["texts"][0]) == 2 for r in results.values())  # MATH500 fixture: 2 problems.
@@ -119,7 +119,7 @@ def test_mbpp_config_end_to_end_runs_programs_in_the_sandbox(tmp_path, monkeypat
 
   monkeypatch.setattr(code, "execute_many", spy)
   workdir = tmp_path / "run"
-  results = train.train_and_evaluate(config, str(workdir))
+  results = pipeline.train_and_evaluate(config, str(workdir))
 
   assert set(results) == {"base", "score"}
   assert [len(r["texts"][0]) for r in results.values()] == [2, 2]  # HumanEval/0, HumanEval/1
@@ -228,7 +228,7 @@ def test_gemma3_270m_config_end_to_end_on_a_tiny_gguf(tmp_path):
                    max_new_tokens=6, rollout_micro_batch=4, micro_batches=1)
   config.eval.batch_size = 2
   workdir = tmp_path / "run"
-  results = train.train_and_evaluate(config, str(workdir))
+  results = pipeline.train_and_evaluate(config, str(workdir))
   assert set(results) == {"base", "score"}
   assert (workdir / "warmstart").is_dir()  # the warm-start ran on the GGUF's params.
   assert [r["rl/stage"] for r in _rl_records(workdir)] == ["stage1", "stage2"]

@@ -106,9 +106,11 @@ def test_chunked_and_sharded_rollouts_equal_single_call(setup):
   config, params, prompts, lengths = setup
   rc = _rc()
   whole = rollout.rollout(config, params, prompts, lengths, jax.random.key(0), rc=rc)
+  done = []  # the progress callback: prompts done after each chunk, and no change to the result
   chunked = rollout.rollout_in_chunks(config, params, prompts, lengths, jax.random.key(0), rc=rc,
-                                      micro_batch=2)
+                                      micro_batch=2, on_chunk=done.append)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(chunked), jax.device_get(whole))
+  assert done == list(range(2, prompts.shape[0] + 1, 2))
   mesh = sharding.make_mesh((2, 2, 2))
   with jax.set_mesh(mesh):
     sharded = rollout.rollout(config, sharding.shard_params(params, mesh),

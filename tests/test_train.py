@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from score_jax import train
+from score_jax import pipeline, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,7 @@ def _final_params(workdir):
 
 
 def test_end_to_end_outputs(tmp_path):
-  results = train.train_and_evaluate(small_config(), str(tmp_path))
+  results = pipeline.train_and_evaluate(small_config(), str(tmp_path))
   assert set(results) == {"base", "score"}
   for r in results.values():
     assert set(evaluation_keys := ("acc_t1", "acc_t2", "delta", "delta_i_to_c",
@@ -88,6 +88,7 @@ def test_sigterm_mid_run_then_resume_equals_uninterrupted(tmp_path):
     time.sleep(0.05)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode != 0 and "preempted during RL" in out, out[-2000:]
+  assert "Rerun the same command to resume" in out
   saved_steps = sorted(int(d) for d in os.listdir(interrupted / "rl") if d.isdigit())
   assert saved_steps and saved_steps[-1] < 5
   resumed = subprocess.run(_cli_args(interrupted), cwd=REPO, env=env, capture_output=True,
@@ -147,3 +148,22 @@ def test_update_width_is_the_longest_episode_rounded_up_within_the_buffer():
   assert train.trimmed_width(190, 194) == 192
   assert train.trimmed_width(193, 194) == 194  # never wider than the rollout's buffer.
   assert train.trimmed_width(5, 194, multiple=8) == 8
+
+
+def test_ctrl_c_outside_a_phase_says_that_rerunning_resumes(tmp_path, monkeypatch, capsys):
+  from absl import flags
+  from score_jax import main as main_lib, multihost
+
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt  # e.g. Ctrl-C during evaluation, where no checkpointer listens
+
+  monkeypatch.setattr(pipeline, "train_and_evaluate", interrupted)
+  monkeypatch.setattr(multihost, "initialize", lambda *args: None)
+  flags.FLAGS(["main", "--config=configs/demo.py", f"--workdir={tmp_path}"])
+  try:
+    with pytest.raises(SystemExit) as stop:
+      main_lib.main(["main"])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert stop.value.code == 130
+  assert "rerun the same command to resume" in capsys.readouterr().err

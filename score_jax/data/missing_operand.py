@@ -66,7 +66,7 @@ def parse_question(question: str) -> tuple[list[tuple[str, int]], int]:
   match = _QUESTION.fullmatch(question)
   if not match:
     raise ValueError(f"Not a missing-operand question: {question!r}; expected e.g. '?+7-4=12'.")
-  return [(op, int(x)) for op, x in synthetic._TERM.findall(match.group(1))], int(match.group(2))
+  return [(op, int(x)) for op, x in synthetic.TERM.findall(match.group(1))], int(match.group(2))
 
 
 def _run_chain(first: int, steps: list[tuple[str, int]]) -> list[int]:

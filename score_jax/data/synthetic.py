@@ -44,7 +44,7 @@ SELF_CORRECTION_INSTRUCTION = (
 
 _INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 _QUESTION = re.compile(r"([0-9]+)((?:[+-][0-9]+)+)=\?")
-_TERM = re.compile(r"([+-])([0-9]+)")
+TERM = re.compile(r"([+-])([0-9]+)")  # one signed step of a chain; missing_operand reads it too.
 # Slips a person (or a small model) makes: a dropped carry/borrow, off by one or two.
 _SLIPS = (-10, -2, -1, 1, 2, 10)
 
@@ -154,7 +154,7 @@ def parse_question(question: str) -> tuple[int, list[tuple[str, int]]]:
   match = _QUESTION.fullmatch(question)
   if not match:
     raise ValueError(f"Not a synthetic question: {question!r}; expected e.g. '63+18-61=?'.")
-  return int(match.group(1)), [(op, int(x)) for op, x in _TERM.findall(match.group(2))]
+  return int(match.group(1)), [(op, int(x)) for op, x in TERM.findall(match.group(2))]
 
 
 def _scratchpad(first: int, steps: list[tuple[str, int]], slip_step: int = -1,

@@ -161,7 +161,7 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
   these rates instead (the tuning grid, directories `<method>@lr<x>`); archive: a directory
   that receives each finished run's small files (`archive_run`).
   """
-  from score_jax import train  # heavy import (jax), kept out of summarize's path.
+  from score_jax import pipeline  # heavy import (jax), kept out of summarize's path.
   from score_jax.experiments import regime
 
   variants = [(m, lr) for m in methods for lr in lr_suffix] if lr_suffix else [
@@ -184,7 +184,7 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "commits.txt"), "a") as f:  # one line per (re)start.
       f.write(f"{_git_commit()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-    train.train_and_evaluate(config, run_dir)
+    pipeline.train_and_evaluate(config, run_dir)
     if method == "base" and config.task.get("num_validation", 0):
       check = regime.check(config, run_dir)
       print(f"{label}: regime check (validation, base model): {regime.describe(check)}", flush=True)

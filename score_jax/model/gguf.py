@@ -17,7 +17,7 @@ transformers checkpoint, and so what this module undoes:
     (NEOX style in llama.cpp), as ours does;
   * writes dims innermost first; the reader hands numpy arrays back in torch's
     [out, in] order, so a dequantized tensor is exactly the transformers weight
-    and `checkpoints.params_from_hf_tensors` finishes the mapping.
+    and `hf_names.params_from_hf_tensors` finishes the mapping.
 Hyper-parameters llama.cpp does not store are filled in as llama.cpp's loader
 does: local layers use RoPE base 10k, five local layers then one global one,
 queries scale by head_dim ** -0.5 (d_model / heads for the 62-layer 27B).
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from score_jax.model import checkpoints
+from score_jax.model import hf_names
 from score_jax.model.config import ModelConfig
 
 ARCHITECTURE = "gemma3"
@@ -133,7 +133,7 @@ def _name_map(config: ModelConfig) -> dict[str, str]:
   table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, config.num_layers)
   hf = ["embed_tokens.weight", "norm.weight"]
   for i in range(config.num_layers):
-    hf += list(checkpoints._hf_names(config, i).values())  # pylint: disable=protected-access
+    hf += list(hf_names.layer_names(config, i).values())
   out = {}
   for name in hf:
     gguf_name = table.get_name("model." + name.removesuffix(".weight"))
@@ -216,7 +216,7 @@ def load_gguf(source=None, dtype: str = "float32",
     config = config_from_gguf(meta, int(embed.shape[-1]) if embed is not None else 0, dtype,
                               param_dtype)
     tensors = read_tensors(reader, config)
-    params = checkpoints.params_from_hf_tensors(config, tensors)
+    params = hf_names.params_from_hf_tensors(config, tensors)
   except ValueError as e:
     raise ValueError(f"{reader.data.filename}: {e}") from e
   return config, params
@@ -263,7 +263,7 @@ def save_gguf(config: ModelConfig, params: Mapping[str, Any], path: str | os.Pat
     writer.add_final_logit_softcapping(config.final_logit_softcap)
   if tokenizer is not None:
     _add_vocab(gguf, writer, tokenizer)
-  hf = checkpoints.params_to_hf_tensors(config, params)
+  hf = hf_names.params_to_hf_tensors(config, params)
   for gguf_name, hf_name in _name_map(config).items():
     x = np.asarray(hf["model." + hf_name], np.float32)
     writer.add_tensor(gguf_name, x + 1.0 if hf_name.endswith("norm.weight") else x)

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from score_jax import (metrics as metrics_lib, model, multihost, self_refine, sft, sharding, tasks,
-                       train)
+from score_jax import (lora, metrics as metrics_lib, model, multihost, self_refine, sft, sharding,
+                       tasks, train)
 
 METHODS = ("star", "pair_sft")
 
@@ -183,18 +183,26 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
   ref_params = jax.tree.map(jnp.copy, sharding.shard_params(base_params, run.mesh))
   opt = optax.chain(optax.clip_by_global_norm(rl.grad_clip),
                     optax.adam(cfg.learning_rate, b1=rl.adam_b1, b2=rl.adam_b2))
-  ckpt, start, state, meta = train._open_phase(run, method,
-                                               sft.init_train_state(base_params, opt, run.mesh))
+  # rl.lora.rank > 0: SFT of adapters over the frozen base (train.lora_setup).
+  adapters, policy_of, lora_meta = train.lora_setup(run, ref_params)
+  ckpt, start, state, meta = train._open_phase(
+      run, method, sft.init_train_state(base_params if adapters is None else adapters, opt,
+                                        run.mesh))
   plan = {"phase": method, "steps": total, "round_steps": per_round}
   if start and {k: meta.get(k) for k in plan} != plan:
     raise ValueError(f"{ckpt.directory} was written with {meta}, not {plan}; use the same config "
                      "to resume, or a new workdir.")
-  step_fn = sft.make_sft_step(run.model_config, opt, state, run.mesh)
+  if start and lora_meta:
+    lora.check_resume(meta.get("lora"), lora_meta, ckpt.directory)
+  if lora_meta:
+    plan["lora"] = lora_meta
+  step_fn = sft.make_sft_step(run.model_config, opt, state, run.mesh,
+                              base_params=None if adapters is None else ref_params)
   try:
     for round_start in range(start, total, per_round):
       round_steps = range(round_start, min(round_start + per_round, total))
       # STaR iterates on its own samples; Pair-SFT pairs the base model's samples.
-      sampler = state["params"] if method == "star" else ref_params
+      sampler = policy_of(state["params"]) if method == "star" else ref_params
       pool, step_metrics = [], []
       for step in round_steps:
         batch, m = train.rl_batch(run, sampler, ref_params, step)
@@ -221,7 +229,7 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
       train._save_or_stop(ckpt, end, total, state, plan)
   finally:
     ckpt.close()
-  return state["params"]
+  return policy_of(state["params"])
 
 
 # --- Self-Refine (evaluation only) --------------------------------------------------------------

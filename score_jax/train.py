@@ -23,9 +23,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import (checkpoint, eval as evaluation, losses, metrics as metrics_lib, model,
-                       multihost, rollout, sft, sharding, tasks, tokenizer as tokenizer_lib,
-                       train_step)
+from score_jax import (checkpoint, eval as evaluation, lora, losses, metrics as metrics_lib,
+                       model, multihost, rollout, sft, sharding, tasks,
+                       tokenizer as tokenizer_lib, train_step)
 from score_jax import base_model
 from score_jax.base_model import load_base_model
 from score_jax.model import checkpoints, gguf as gguf_lib
@@ -314,9 +314,11 @@ def run_rl(run: Run, base_params: model.Params,
   ref_params = jax.tree.map(jnp.copy, sharding.shard_params(base_params, run.mesh))
   opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                     optax.adam(cfg.learning_rate, b1=cfg.adam_b1, b2=cfg.adam_b2))
-  if cfg.get("freeze_embedding", False):
+  # rl.lora.rank > 0: the state trains adapters over the frozen base (= ref_params, pi_ref).
+  adapters, policy_of, lora_meta = lora_setup(run, ref_params)
+  if cfg.get("freeze_embedding", False) and adapters is None:  # LoRA: the base is frozen.
     opt = train_step.frozen_embedding_optimizer(opt)
-  initial = sft.init_train_state(base_params, opt, run.mesh)
+  initial = sft.init_train_state(base_params if adapters is None else adapters, opt, run.mesh)
   if cfg.get("adaptive_beta2", False):  # the controller's beta2 is checkpointed with the state.
     initial = train_step.add_beta2_state(initial, cfg.beta2, run.mesh)
   ckpt, start, state, meta = _open_phase(run, "rl", initial)
@@ -324,6 +326,8 @@ def run_rl(run: Run, base_params: model.Params,
     raise ValueError(f"{ckpt.directory} was written with stage_schedule "
                      f"{meta.get('stage_schedule')!r}, not {cfg.stage_schedule!r}; use the same "
                      "config to resume, or a new workdir.")
+  if start and lora_meta:
+    lora.check_resume(meta.get("lora"), lora_meta, ckpt.directory)
   steps = {name: train_step.make_rl_step(run.model_config, opt, _objective(run, name), state,
                                          ref_params, run.mesh)
            for name in {name for name, _ in schedule}}
@@ -331,7 +335,7 @@ def run_rl(run: Run, base_params: model.Params,
   try:
     for step in range(start, total):
       t0 = time.perf_counter()
-      batch, m = rl_batch(run, state["params"], ref_params, step)
+      batch, m = rl_batch(run, policy_of(state["params"]), ref_params, step)
       t1 = time.perf_counter()
       state, update_metrics = steps[stage_of[step]](state, ref_params, batch)
       update_metrics = jax.device_get(update_metrics)
@@ -340,10 +344,27 @@ def run_rl(run: Run, base_params: model.Params,
                stage=stage_of[step])
       writer.write(step + 1, m, prefix="rl/")
       _save_or_stop(ckpt, step + 1, total, state, {"phase": "rl", "stage": stage_of[step],
-                                                   "stage_schedule": cfg.stage_schedule})
+                                                   "stage_schedule": cfg.stage_schedule,
+                                                   **({"lora": lora_meta} if lora_meta else {})})
   finally:
     ckpt.close()
-  return state["params"]
+  return policy_of(state["params"])
+
+
+def lora_setup(run: Run, base_params: model.Params):
+  """rl.lora -> (adapters or None, trained tree -> policy params, checkpoint meta or None).
+
+  Shared by the RL stages and the SFT baselines. The policy of a LoRA state is the merged
+  model (`lora.merge`, jitted, laid out like the base), used by the sampler and the export.
+  """
+  adapters = lora.from_config(run.model_config, run.config.rl.get("lora"),
+                              jax.random.fold_in(jax.random.key(run.config.seed), 19))
+  if adapters is None:
+    return None, lambda params: params, None
+  merge = jax.jit(lambda base, trained: lora.merge(run.model_config, base, trained),
+                  out_shardings=jax.tree.map(lambda x: x.sharding, base_params))
+  return adapters, lambda trained: merge(base_params, trained), lora.checkpoint_meta(
+      adapters, base_params)
 
 
 # --- evaluation and the whole run ---------------------------------------------------------------

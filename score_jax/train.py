@@ -361,6 +361,10 @@ def lora_setup(run: Run, base_params: model.Params):
                               jax.random.fold_in(jax.random.key(run.config.seed), 19))
   if adapters is None:
     return None, lambda params: params, None
+  frozen = run.config.rl.get("freeze_embedding", False)
+  if frozen and "embedder/input_embedding" in adapters.paths():
+    raise ValueError("rl.freeze_embedding=True but rl.lora.targets adapts the embedding: its "
+                     "adapter would never train; drop one of the two.")
   merge = jax.jit(lambda base, trained: lora.merge(run.model_config, base, trained),
                   out_shardings=jax.tree.map(lambda x: x.sharding, base_params))
   return adapters, lambda trained: merge(base_params, trained), lora.checkpoint_meta(

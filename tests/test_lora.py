@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from score_jax import lora, model, sft, sharding, train, train_step
+from score_jax import (baselines, lora, metrics as metrics_lib, model, sft, sharding, tasks,
+                       train, train_step)
 from score_jax.model import checkpoints
 from tests.test_train import small_config
 from tests.utils import random_params
@@ -300,6 +302,14 @@ def test_bad_settings_are_clear_errors():
   lora.check_resume({**meta, "base_fingerprint": 3.0 * (1 + 1e-6)}, meta, "dir")  # reduction order
 
 
+def test_frozen_embedding_with_an_adapted_embedding_is_an_error():
+  config = small_config()
+  config.rl.lora.rank, config.rl.lora.targets, config.rl.freeze_embedding = 2, ALL, True
+  run = types.SimpleNamespace(config=config, model_config=_config())  # what lora_setup reads
+  with pytest.raises(ValueError, match="freeze_embedding=True but rl.lora.targets"):
+    train.lora_setup(run, random_params(_config(), 0))
+
+
 # --- a LoRA run end to end ----------------------------------------------------------------------
 
 
@@ -345,3 +355,31 @@ def test_lora_run_checkpoints_adapters_resumes_and_exports_the_merged_model(tmp_
   config.rl.lora.alpha = 4.0
   with pytest.raises(ValueError, match="resume with the same rl.lora"):
     train.train_and_evaluate(config, workdir)
+
+
+def test_lora_sft_baseline_trains_adapters_and_returns_the_merged_model(tmp_path, monkeypatch):
+  # Every attempt rewarded: Pair-SFT's D+ pairs right -> right first attempts, so both steps
+  # train (an untrained model is never right).
+  monkeypatch.setattr(tasks.Task, "rewards",
+                      lambda self, responses, golds: np.ones(len(responses), np.float32))
+  config = _lora_config()
+  config.baseline.include_correct_to_correct = True
+  config.baseline.learning_rate = 1e-2
+  config.rl.stage_schedule = "stage1:1,stage2:1"
+  config.mesh_shape = (8, 1, 1)
+  config.model.num_layers, config.rl.max_new_tokens = 1, 8
+  run = train.setup(config, str(tmp_path))
+  base = model.init_params(run.model_config, jax.random.key(0))
+  writer = metrics_lib.MetricWriter(str(tmp_path), tensorboard=False)
+  trained = baselines.run_sft_baseline(run, base, writer, "pair_sft")
+  writer.close()
+  final = _restore(str(tmp_path), "pair_sft")
+  assert set(final["params"]) == {"factors"}  # the checkpoint holds the adapters only
+  factors = traverse_util.flatten_dict(final["params"]["factors"], sep="/")
+  assert all(np.any(x) for p, x in factors.items() if p.endswith("/b"))  # they trained
+  adapters = lora.Adapters(factors=final["params"]["factors"], rank=2, alpha=8.0,
+                           targets=lora.DEFAULT_TARGETS)
+  # What the run returns (evaluated and exported) is the base merged with the adapters.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               jax.device_get(trained), jax.device_get(lora.merge(run.model_config, base,
+                                                                  adapters)))

@@ -37,12 +37,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from score_jax import (lora, metrics as metrics_lib, model, multihost, self_refine, sft, sharding,
-                       tasks, train)
+from score_jax import (lora, metrics as metrics_lib, model, multihost, self_refine, sft, tasks,
+                       train)
 
 METHODS = ("star", "pair_sft")
 
@@ -180,11 +179,11 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
   if method == "star" and rl.num_attempts < 2:
     raise ValueError("STaR keeps episodes whose later attempt fixes an earlier one: set "
                      "rl.num_attempts >= 2.")
-  ref_params = jax.tree.map(jnp.copy, sharding.shard_params(base_params, run.mesh))
+  # rl.lora.rank > 0: SFT of adapters over the frozen base, which is ref_params
+  # (train.lora_setup); otherwise ref_params is a copy of it.
+  adapters, policy_of, lora_meta, ref_params = train.lora_setup(run, base_params)
   opt = optax.chain(optax.clip_by_global_norm(rl.grad_clip),
                     optax.adam(cfg.learning_rate, b1=rl.adam_b1, b2=rl.adam_b2))
-  # rl.lora.rank > 0: SFT of adapters over the frozen base (train.lora_setup).
-  adapters, policy_of, lora_meta = train.lora_setup(run, ref_params)
   ckpt, start, state, meta = train._open_phase(
       run, method, sft.init_train_state(base_params if adapters is None else adapters, opt,
                                         run.mesh))

@@ -311,11 +311,10 @@ def run_rl(run: Run, base_params: model.Params,
   cfg = run.config.rl
   schedule = parse_schedule(cfg.stage_schedule)
   total = sum(n for _, n in schedule)
-  ref_params = jax.tree.map(jnp.copy, sharding.shard_params(base_params, run.mesh))
+  # rl.lora.rank > 0: the state trains adapters over the frozen base (= ref_params, pi_ref).
+  adapters, policy_of, lora_meta, ref_params = lora_setup(run, base_params)
   opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                     optax.adam(cfg.learning_rate, b1=cfg.adam_b1, b2=cfg.adam_b2))
-  # rl.lora.rank > 0: the state trains adapters over the frozen base (= ref_params, pi_ref).
-  adapters, policy_of, lora_meta = lora_setup(run, ref_params)
   if cfg.get("freeze_embedding", False) and adapters is None:  # LoRA: the base is frozen.
     opt = train_step.frozen_embedding_optimizer(opt)
   initial = sft.init_train_state(base_params if adapters is None else adapters, opt, run.mesh)
@@ -352,23 +351,27 @@ def run_rl(run: Run, base_params: model.Params,
 
 
 def lora_setup(run: Run, base_params: model.Params):
-  """rl.lora -> (adapters or None, trained tree -> policy params, checkpoint meta or None).
+  """rl.lora -> (adapters or None, trained tree -> policy params, checkpoint meta or None,
+  the reference params on the mesh).
 
   Shared by the RL stages and the SFT baselines. The policy of a LoRA state is the merged
   model (`lora.merge`, jitted, laid out like the base), used by the sampler and the export.
+  A full fine-tune donates its state, so its reference gets its own copy of the base; LoRA
+  never writes the base, which is then the reference as it is (no second copy).
   """
+  placed = sharding.shard_params(base_params, run.mesh)
   adapters = lora.from_config(run.model_config, run.config.rl.get("lora"),
                               jax.random.fold_in(jax.random.key(run.config.seed), 19))
   if adapters is None:
-    return None, lambda params: params, None
+    return None, lambda params: params, None, jax.tree.map(jnp.copy, placed)
   frozen = run.config.rl.get("freeze_embedding", False)
   if frozen and "embedder/input_embedding" in adapters.paths():
     raise ValueError("rl.freeze_embedding=True but rl.lora.targets adapts the embedding: its "
                      "adapter would never train; drop one of the two.")
   merge = jax.jit(lambda base, trained: lora.merge(run.model_config, base, trained),
-                  out_shardings=jax.tree.map(lambda x: x.sharding, base_params))
-  return adapters, lambda trained: merge(base_params, trained), lora.checkpoint_meta(
-      adapters, base_params)
+                  out_shardings=jax.tree.map(lambda x: x.sharding, placed))
+  return (adapters, lambda trained: merge(placed, trained),
+          lora.checkpoint_meta(adapters, placed), placed)
 
 
 # --- evaluation and the whole run ---------------------------------------------------------------

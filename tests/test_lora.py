@@ -305,7 +305,8 @@ def test_bad_settings_are_clear_errors():
 def test_frozen_embedding_with_an_adapted_embedding_is_an_error():
   config = small_config()
   config.rl.lora.rank, config.rl.lora.targets, config.rl.freeze_embedding = 2, ALL, True
-  run = types.SimpleNamespace(config=config, model_config=_config())  # what lora_setup reads
+  run = types.SimpleNamespace(config=config, model_config=_config(),  # what lora_setup reads
+                              mesh=sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
   with pytest.raises(ValueError, match="freeze_embedding=True but rl.lora.targets"):
     train.lora_setup(run, random_params(_config(), 0))
 

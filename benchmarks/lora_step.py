@@ -12,6 +12,7 @@ the jitted merge the sampler needs once per LoRA step.
 
   python -m benchmarks.lora_step                          # the demo model
   python -m benchmarks.lora_step --config gemma3-270m --episodes 4 --length 64 --reps 2
+  python -m benchmarks.lora_step --quick                  # a smoke run (tiny model)
 
 Measured (2026-12, AMD EPYC, 2 cores shared with other jobs: load ~12, so wall times are
 inflated; CPU seconds are the comparison), rank 8, alpha 16, default targets, fp32,
@@ -43,6 +44,7 @@ CONFIGS = {
         "tiny", vocab_size=512, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2,
         head_dim=32, ffw_hidden=256, sliding_window=64, query_pre_attn_scalar=32),
     "gemma3-270m": lambda: model.get_config("gemma3-270m"),
+    "tiny": lambda: model.get_config("tiny", vocab_size=64, num_layers=1),  # --quick
 }
 
 
@@ -95,7 +97,10 @@ def main(argv=None):
   parser.add_argument("--rank", type=int, default=8)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--logits_chunk", type=int, default=32)
+  parser.add_argument("--quick", action="store_true", help="a smoke run: tiny model, seconds")
   args = parser.parse_args(argv)
+  if args.quick:
+    args.config, args.episodes, args.length, args.rank, args.reps = "tiny", 4, 32, 2, 1
   config = CONFIGS[args.config]()
   params = model.init_params(config, jax.random.key(0))
   adapters = lora.init(config, jax.random.key(1), rank=args.rank, alpha=2.0 * args.rank)
@@ -107,10 +112,11 @@ def main(argv=None):
   t0, c0 = time.perf_counter(), time.process_time()
   jax.block_until_ready(merge(params, adapters))
   rows["lora"].update(merge_s=time.perf_counter() - t0, merge_cpu_s=time.process_time() - c0)
-  print(json.dumps({"config": args.config, "params": config.num_params(),
-                    "adapter_params": sum(x.size for x in jax.tree.leaves(adapters)),
-                    "episodes": args.episodes, "length": args.length, "rank": args.rank,
-                    **rows}, indent=1))
+  result = {"config": args.config, "params": config.num_params(),
+            "adapter_params": sum(x.size for x in jax.tree.leaves(adapters)),
+            "episodes": args.episodes, "length": args.length, "rank": args.rank, **rows}
+  print(json.dumps(result, indent=1))
+  return result
 
 
 if __name__ == "__main__":

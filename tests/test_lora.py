@@ -384,3 +384,15 @@ def test_lora_sft_baseline_trains_adapters_and_returns_the_merged_model(tmp_path
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                jax.device_get(trained), jax.device_get(lora.merge(run.model_config, base,
                                                                   adapters)))
+
+
+def test_lora_benchmark_quick_run_shows_the_state_saving(capsys):
+  from benchmarks import lora_step
+  result = lora_step.main(["--quick"])
+  full, low = result["full"], result["lora"]
+  # Full: params + 2 Adam moments (+ count); LoRA: adapters + their moments only.
+  assert full["state_MB"] * 2**20 >= 3 * 4 * result["params"]
+  assert low["state_MB"] * 2**20 < 3 * 4 * result["adapter_params"] + 1024
+  # Step arguments: full holds state + a reference copy; LoRA the base once (+ small state).
+  assert low["args_MB"] < full["args_MB"] / 2
+  assert low["step_s"] > 0 and low["merge_s"] > 0 and '"lora"' in capsys.readouterr().out

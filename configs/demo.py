@@ -62,6 +62,13 @@ def get_config() -> ml_collections.ConfigDict:
       # beta2_target_ratio x mean |A2 log pi(y2)|; beta2 above is its starting value.
       adaptive_beta2=False, beta2_target_ratio=1.0, beta2_gain=0.1, beta2_min=1e-3,
       beta2_max=10.0))
+  # LoRA (score_jax/lora.py) for the RL stages and the SFT baselines: rank 0 = full
+  # fine-tuning; rank > 0 trains W + (alpha / rank) A.B on the weights whose '/'-joined
+  # param path fully matches `targets` (default: attention and MLP projections), with the
+  # frozen base as the reference policy. The warm-start stays a full fine-tune.
+  c.rl.lora = ml_collections.ConfigDict(dict(
+      rank=0, alpha=16.0,
+      targets=r"layers/(attn/(q|kv|attn_vec)_einsum|mlp/(gating_einsum|linear))/w"))
 
   # "score" (the rl.stage_schedule above; naive_r2 / single_turn ... are schedule entries),
   # or an SFT baseline on the same budget: "star" | "pair_sft" (score_jax/baselines.py).

@@ -37,11 +37,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from score_jax import (metrics as metrics_lib, model, multihost, phase, self_refine, sft, sharding,
+from score_jax import (lora, metrics as metrics_lib, model, multihost, phase, self_refine, sft,
                        tasks, train)
 
 METHODS = ("star", "pair_sft")
@@ -181,25 +180,32 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
   if method == "star" and rl.num_attempts < 2:
     raise ValueError("STaR keeps episodes whose later attempt fixes an earlier one: set "
                      "rl.num_attempts >= 2.")
-  ref_params = jax.tree.map(jnp.copy, sharding.shard_params(base_params, run.mesh))
+  # rl.lora.rank > 0: SFT of adapters over the frozen base, which is ref_params
+  # (train.lora_setup); otherwise ref_params is a copy of it.
+  adapters, policy_of, lora_meta, ref_params = train.lora_setup(run, base_params)
   opt = optax.chain(optax.clip_by_global_norm(rl.grad_clip),
                     optax.adam(cfg.learning_rate, b1=rl.adam_b1, b2=rl.adam_b2))
-  ckpt, start, state, meta = phase.open_phase(run.workdir, method,
-                                              sft.init_train_state(base_params, opt, run.mesh),
-                                              save_every=run.config.checkpoint.every,
-                                              keep=run.config.checkpoint.keep)
+  ckpt, start, state, meta = phase.open_phase(
+      run.workdir, method,
+      sft.init_train_state(base_params if adapters is None else adapters, opt, run.mesh),
+      save_every=run.config.checkpoint.every, keep=run.config.checkpoint.keep)
   plan = {"phase": method, "steps": total, "round_steps": per_round}
   if start and {k: meta.get(k) for k in plan} != plan:
     raise ValueError(f"{ckpt.directory} was written with {meta}, not {plan}; use the same config "
                      "to resume, or a new workdir.")
-  step_fn = sft.make_sft_step(run.model_config, opt, state, run.mesh)
+  if start and lora_meta:
+    lora.check_resume(meta.get("lora"), lora_meta, ckpt.directory)
+  if lora_meta:
+    plan["lora"] = lora_meta
+  step_fn = sft.make_sft_step(run.model_config, opt, state, run.mesh,
+                              base_params=None if adapters is None else ref_params)
   writer.drop_after(f"{method}/", start)  # a resumed run repeats the steps after `start`.
   bar = writer.progress(LABELS[method], total, start)  # writer.write moves it.
   try:
     for round_start in range(start, total, per_round):
       round_steps = range(round_start, min(round_start + per_round, total))
       # STaR iterates on its own samples; Pair-SFT pairs the base model's samples.
-      sampler = state["params"] if method == "star" else ref_params
+      sampler = policy_of(state["params"]) if method == "star" else ref_params
       pool, step_metrics = [], []
       for step in round_steps:
         batch, m = train.rl_batch(run, sampler, ref_params, step)
@@ -227,7 +233,7 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
   finally:
     bar.close()
     ckpt.close()
-  return state["params"]
+  return policy_of(state["params"])
 
 
 # --- Self-Refine (evaluation only) --------------------------------------------------------------

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import (console, eval as evaluation, losses, metrics as metrics_lib, model,
+from score_jax import (console, eval as evaluation, lora, losses, metrics as metrics_lib, model,
                        multihost, phase, rollout, sft, sharding, tasks, tokenizer as tokenizer_lib,
                        train_step)
 from score_jax import base_model
@@ -298,12 +298,13 @@ def run_rl(run: Run, base_params: model.Params,
   cfg = run.config.rl
   schedule = parse_schedule(cfg.stage_schedule)
   total = sum(n for _, n in schedule)
-  ref_params = jax.tree.map(jnp.copy, sharding.shard_params(base_params, run.mesh))
+  # rl.lora.rank > 0: the state trains adapters over the frozen base (= ref_params, pi_ref).
+  adapters, policy_of, lora_meta, ref_params = lora_setup(run, base_params)
   opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                     optax.adam(cfg.learning_rate, b1=cfg.adam_b1, b2=cfg.adam_b2))
-  if cfg.get("freeze_embedding", False):
+  if cfg.get("freeze_embedding", False) and adapters is None:  # LoRA: the base is frozen.
     opt = train_step.frozen_embedding_optimizer(opt)
-  initial = sft.init_train_state(base_params, opt, run.mesh)
+  initial = sft.init_train_state(base_params if adapters is None else adapters, opt, run.mesh)
   if cfg.get("adaptive_beta2", False):  # the controller's beta2 is checkpointed with the state.
     initial = train_step.add_beta2_state(initial, cfg.beta2, run.mesh)
   ckpt, start, state, meta = phase.open_phase(run.workdir, "rl", initial,
@@ -313,6 +314,8 @@ def run_rl(run: Run, base_params: model.Params,
     raise ValueError(f"{ckpt.directory} was written with stage_schedule "
                      f"{meta.get('stage_schedule')!r}, not {cfg.stage_schedule!r}; use the same "
                      "config to resume, or a new workdir.")
+  if start and lora_meta:
+    lora.check_resume(meta.get("lora"), lora_meta, ckpt.directory)
   steps = {name: train_step.make_rl_step(run.model_config, opt, _objective(run, name), state,
                                          ref_params, run.mesh)
            for name in {name for name, _ in schedule}}
@@ -329,7 +332,7 @@ def run_rl(run: Run, base_params: model.Params,
         bar = writer.progress(f"RL {stage_of[step]}", schedule[entry_of[step]][1], step - first,
                               offset=first)
       t0 = time.perf_counter()
-      batch, m = rl_batch(run, state["params"], ref_params, step)
+      batch, m = rl_batch(run, policy_of(state["params"]), ref_params, step)
       t1 = time.perf_counter()
       state, update_metrics = steps[stage_of[step]](state, ref_params, batch)
       update_metrics = jax.device_get(update_metrics)
@@ -339,13 +342,38 @@ def run_rl(run: Run, base_params: model.Params,
       m.update(time_update=time.perf_counter() - t1, time_step=time.perf_counter() - t0,
                stage=stage_of[step])
       writer.write(step + 1, m, prefix="rl/")
-      phase.save_or_stop(ckpt, step + 1, total, state, {"phase": "rl", "stage": stage_of[step],
-                                                        "stage_schedule": cfg.stage_schedule})
+      phase.save_or_stop(ckpt, step + 1, total, state,
+                         {"phase": "rl", "stage": stage_of[step], "stage_schedule": cfg.stage_schedule,
+                          **({"lora": lora_meta} if lora_meta else {})})
   finally:
     if bar is not None:
       bar.close()
     ckpt.close()
-  return state["params"]
+  return policy_of(state["params"])
+
+
+def lora_setup(run: Run, base_params: model.Params):
+  """rl.lora -> (adapters or None, trained tree -> policy params, checkpoint meta or None,
+  the reference params on the mesh).
+
+  Shared by the RL stages and the SFT baselines. The policy of a LoRA state is the merged
+  model (`lora.merge`, jitted, laid out like the base), used by the sampler and the export.
+  A full fine-tune donates its state, so its reference gets its own copy of the base; LoRA
+  never writes the base, which is then the reference as it is (no second copy).
+  """
+  placed = sharding.shard_params(base_params, run.mesh)
+  adapters = lora.from_config(run.model_config, run.config.rl.get("lora"),
+                              jax.random.fold_in(jax.random.key(run.config.seed), 19))
+  if adapters is None:
+    return None, lambda params: params, None, jax.tree.map(jnp.copy, placed)
+  frozen = run.config.rl.get("freeze_embedding", False)
+  if frozen and "embedder/input_embedding" in adapters.paths():
+    raise ValueError("rl.freeze_embedding=True but rl.lora.targets adapts the embedding: its "
+                     "adapter would never train; drop one of the two.")
+  merge = jax.jit(lambda base, trained: lora.merge(run.model_config, base, trained),
+                  out_shardings=jax.tree.map(lambda x: x.sharding, placed))
+  return (adapters, lambda trained: merge(placed, trained),
+          lora.checkpoint_meta(adapters, placed), placed)
 
 
 # --- evaluation and the whole run ---------------------------------------------------------------

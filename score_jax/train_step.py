@@ -20,6 +20,9 @@ straddle chunks, and the loss is a mean over equal-sized chunks).
 
 Log-probs and KL come from `losses.chunked_token_terms`: the [E, L, V] logits are
 never materialised, only `objective.logits_chunk` positions at a time.
+LoRA: when state["params"] are `lora.Adapters`, the policy is
+`lora.merge(ref_params, adapters)` inside the step (the frozen base is π_ref, so no
+second copy of the model exists) and only the adapters get gradients and Adam state.
 Optional: a frozen tied embedding (`freeze_embedding` + `frozen_embedding_optimizer`)
 and Stage I's adaptive beta2, whose value lives in the train state as
 `state["beta2"]` (`add_beta2_state`) so that a checkpoint resumes it exactly.
@@ -36,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from score_jax import losses, sharding
+from score_jax import lora, losses, sharding
 from score_jax.model import ModelConfig, Params, forward_hidden, logits
 from score_jax.sft import TrainState
 
@@ -186,12 +189,15 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
                      "sampler_logprobs": sharding.batch_sharding(mesh, 2)}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   n = obj.micro_batches
+  adapters = isinstance(state["params"], lora.Adapters)
   adaptive = obj.adaptive_beta2 and obj.name == "stage1"
   if adaptive and "beta2" not in state:
     raise ValueError("adaptive_beta2 keeps beta2 in the train state: build the state with "
                      "train_step.add_beta2_state(state, beta2, mesh).")
 
   def loss_fn(params, ref_params, micro, beta2):
+    if adapters:  # LoRA: pi_theta = base + low-rank update; pi_ref = the base itself.
+      params = lora.merge(config, jax.lax.stop_gradient(ref_params), params)
     if obj.freeze_embedding:  # no [V, D] embedding gradient is even computed.
       params = {**params, "embedder": jax.lax.stop_gradient(params["embedder"])}
     terms = episode_terms(config, params, ref_params, micro["tokens"], micro["loss_mask"],

@@ -70,7 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
       steps=0,  # gradient updates; 0 = the stage schedule's total.
       round_steps=1,  # steps per sample-then-fine-tune round (1: sample with the newest params).
       batch_size=0,  # SFT rows per update; 0 = prompts_per_step * samples_per_prompt.
-      learning_rate=1e-4, include_correct_to_correct=False))  # True: the paper's D+ variants.
+      learning_rate=0.0,  # 0 = rl.learning_rate (the paper keeps it equal across methods).
+      include_correct_to_correct=False))  # True: the paper's D+ variants.
 
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3))
   # base: also evaluate the base model (an experiment sharing one base turns it off);

@@ -164,6 +164,18 @@ def budget_steps(config) -> int:
   return config.baseline.steps or sum(n for _, n in train.parse_schedule(config.rl.stage_schedule))
 
 
+def learning_rate(config) -> float:
+  """The baselines' Adam learning rate: baseline.learning_rate, or (0) rl.learning_rate.
+
+  The paper keeps the learning rate equal across methods, so a config that sets only
+  rl.learning_rate trains its SFT baselines at that rate too.
+  """
+  if config.baseline.learning_rate < 0:
+    raise ValueError(f"baseline.learning_rate must be >= 0 (0 = rl.learning_rate), got "
+                     f"{config.baseline.learning_rate}.")
+  return config.baseline.learning_rate or config.rl.learning_rate
+
+
 def run_sft_baseline(run: train.Run, base_params: model.Params,
                      writer: metrics_lib.MetricWriter, method: str) -> model.Params:
   """STaR or Pair-SFT from the base params on the RL budget (resumable); returns the params."""
@@ -182,7 +194,7 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
                      "rl.num_attempts >= 2.")
   ref_params = jax.tree.map(jnp.copy, sharding.shard_params(base_params, run.mesh))
   opt = optax.chain(optax.clip_by_global_norm(rl.grad_clip),
-                    optax.adam(cfg.learning_rate, b1=rl.adam_b1, b2=rl.adam_b2))
+                    optax.adam(learning_rate(run.config), b1=rl.adam_b1, b2=rl.adam_b2))
   ckpt, start, state, meta = train._open_phase(run, method,
                                                sft.init_train_state(base_params, opt, run.mesh))
   plan = {"phase": method, "steps": total, "round_steps": per_round}

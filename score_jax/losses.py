@@ -158,8 +158,15 @@ def exact_kl(policy_logits_btv: jax.Array, ref_logits_btv: jax.Array) -> jax.Arr
 
   Position t holds the KL of the distributions that predict token t+1; use
   `shift_to_targets` to align it with the target positions that masks select.
-  Unbiased and lowest-variance; costs one extra [B, T, V] pass (the default on
-  small vocabularies). The gradient flows into the policy logits only.
+  Summed over a sampled y ~ pi_theta, its *value* is an unbiased estimate of the
+  sequence KL(pi_theta(y|x) || pi_ref(y|x)), with less variance than k1 / k3.
+  Its *gradient* is not that of the sequence KL: it differentiates each token's
+  KL with the sampled prefix held fixed, and drops the score-function term
+  sum_t grad log pi_theta(y_t|y_<t) * sum_{s>t} KL_s (how the policy's choice of
+  y_t changes the later contexts). It is the exact gradient of the per-token KL at
+  the sampled contexts, and 0 wherever pi_theta = pi_ref. Costs one extra
+  [B, T, V] pass (the default on small vocabularies). The gradient flows into the
+  policy logits only.
   """
   logp_btv = jax.nn.log_softmax(policy_logits_btv.astype(jnp.float32), axis=-1)
   logq_btv = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits_btv).astype(jnp.float32), -1)
@@ -169,9 +176,9 @@ def exact_kl(policy_logits_btv: jax.Array, ref_logits_btv: jax.Array) -> jax.Arr
 def k1_kl(policy_logprobs_bt: jax.Array, ref_logprobs_bt: jax.Array) -> jax.Array:
   """Sample estimator log pi_theta(y) - log pi_ref(y) per sampled token.
 
-  Unbiased for KL's value under y ~ pi_theta, but its gradient alone is the
-  gradient of E[log pi_theta] only, not of the KL (the score-function term is
-  missing); it can be negative per token.
+  Unbiased for KL's value under y ~ pi_theta, but useless as a loss term: its
+  gradient grad log pi_theta(y) has zero expectation under y ~ pi_theta (so
+  `train_step` refuses it as a loss); it can be negative per token.
   """
   return policy_logprobs_bt - jax.lax.stop_gradient(ref_logprobs_bt)
 

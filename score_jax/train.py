@@ -61,6 +61,17 @@ def parse_schedule(schedule: str) -> list[tuple[str, int]]:
   return out
 
 
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses, before any training, settings that would silently train something else."""
+  rl = config.rl
+  schedule = parse_schedule(rl.stage_schedule)
+  if config.get("method", "score") == "score":
+    for name in dict(schedule):
+      train_step.check_num_attempts(name, rl.num_attempts)
+    if schedule:
+      train_step.check_kl_estimator(rl.kl_estimator)
+
+
 def _tokenizer(config, task: tasks.Task, workdir: str) -> tokenizer_lib.Tokenizer:
   if config.tokenizer.path:
     return tokenizer_lib.load(os.path.expanduser(config.tokenizer.path),
@@ -400,6 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f"unknown method {method!r}: use 'score' (the rl.stage_schedule, which also "
                      f"runs the RL baselines naive_r2 / naive_sum / single_turn) or one of "
                      f"{baselines.METHODS}.")
+  validate_config(config)
   run = setup(config, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:

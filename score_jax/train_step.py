@@ -37,6 +37,32 @@ from score_jax.model import ModelConfig, Params, forward_hidden, logits
 from score_jax.sft import TrainState
 
 OBJECTIVES = ("stage1", "stage2", "naive_r2", "naive_sum", "single_turn")
+# Attempts each objective is defined for (None: any). The two-turn objectives index y1 and y2:
+# with 1 attempt rewards[1] would clamp to y1, with 3 the last attempt would never be trained.
+# single_turn trains y1 only; later attempts are sampled for the metrics.
+NUM_ATTEMPTS = {"stage1": 2, "stage2": 2, "naive_r2": 2, "naive_sum": 2, "single_turn": None}
+
+
+def check_num_attempts(name: str, num_attempts: int) -> None:
+  """Refuses an objective / rl.num_attempts pair the objective is not defined for."""
+  needed = NUM_ATTEMPTS[name]
+  if num_attempts < 1 or (needed is not None and num_attempts != needed):
+    raise ValueError(f"objective {name!r} is defined for rl.num_attempts={needed or '>= 1'} "
+                     f"(y1 then y2), got rl.num_attempts={num_attempts}; set "
+                     f"--config.rl.num_attempts={needed or 1} (the paper's 3-attempt variant "
+                     "is not implemented).")
+
+
+def check_kl_estimator(kl_estimator: str) -> None:
+  """Refuses KL estimators that are not a usable loss term (k1: zero expected gradient)."""
+  if kl_estimator not in ("exact", "k1", "k3"):
+    raise ValueError(f"unknown kl_estimator {kl_estimator!r}; use exact, k1 or k3.")
+  if kl_estimator == "k1":
+    # grad k1 = grad log pi(y), and E_{y~pi}[grad log pi(y)] = 0: as a loss it pins nothing.
+    raise ValueError("rl.kl_estimator='k1' cannot be a loss term: its gradient is grad log "
+                     "pi_theta(y), whose expectation under y ~ pi_theta is zero, so the beta "
+                     "KL terms (Stage I's beta2 pin) would vanish in expectation; use "
+                     "rl.kl_estimator='exact' (or 'k3').")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +75,7 @@ class ObjectiveConfig:
   beta1: float = 0.01
   beta2: float = 0.1
   estimator: str = "rloo"  # or "reinforce".
-  kl_estimator: str = "exact"  # or "k1", "k3".
+  kl_estimator: str = "exact"  # or "k3" ("k1" is refused: zero expected gradient).
   micro_batches: int = 1
   # Positions per logits block (memory ~ E x logits_chunk x V per model); 0 builds the full
   # [E, L, V] logits (the unchunked reference path, for tests and benchmarks).
@@ -66,8 +92,7 @@ class ObjectiveConfig:
   def __post_init__(self):
     if self.name not in OBJECTIVES:
       raise ValueError(f"unknown objective {self.name!r}; choose one of {OBJECTIVES}.")
-    if self.kl_estimator not in ("exact", "k1", "k3"):
-      raise ValueError(f"unknown kl_estimator {self.kl_estimator!r}; use exact, k1 or k3.")
+    check_kl_estimator(self.kl_estimator)
     if self.logits_chunk < 0:
       raise ValueError(f"logits_chunk must be >= 0 (0 = no chunking), got {self.logits_chunk}.")
     if not 0 < self.beta2_min <= self.beta2_max or self.beta2_gain < 0:

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from configs import demo
-from score_jax import baselines
+from score_jax import baselines, train, train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_MODULES = sorted(
@@ -62,3 +62,49 @@ def test_sft_baseline_optimizer_uses_the_resolved_learning_rate(monkeypatch):
   with pytest.raises(Stop):
     baselines.run_sft_baseline(run, {}, None, "star")
   assert seen == [5e-6]
+
+
+@pytest.mark.parametrize("name", CONFIG_MODULES)
+def test_every_config_validates(name):
+  train.validate_config(importlib.import_module(name).get_config())
+
+
+@pytest.mark.parametrize("objective", ["stage1", "stage2", "naive_r2", "naive_sum"])
+@pytest.mark.parametrize("num_attempts", [1, 3])
+def test_two_turn_objectives_refuse_other_attempt_counts(objective, num_attempts):
+  config = demo.get_config()
+  config.rl.stage_schedule = f"stage1:2,{objective}:3"
+  config.rl.num_attempts = num_attempts
+  with pytest.raises(ValueError, match=f"rl.num_attempts=2 .* got rl.num_attempts={num_attempts}"):
+    train.validate_config(config)
+
+
+@pytest.mark.parametrize("num_attempts", [1, 2, 3])
+def test_single_turn_trains_the_first_attempt_of_any_count(num_attempts):
+  config = demo.get_config()
+  config.rl.stage_schedule, config.rl.num_attempts = "single_turn:3", num_attempts
+  train.validate_config(config)
+  config.rl.num_attempts = 0
+  with pytest.raises(ValueError, match="rl.num_attempts"):
+    train.validate_config(config)
+
+
+def test_k1_is_refused_as_a_loss_term_with_the_reason():
+  config = demo.get_config()
+  config.rl.kl_estimator = "k1"
+  with pytest.raises(ValueError, match="k1.*cannot be a loss term.*expectation .* is zero"):
+    train.validate_config(config)
+  with pytest.raises(ValueError, match="cannot be a loss term"):
+    train_step.ObjectiveConfig(name="stage1", samples_per_prompt=2, kl_estimator="k1")
+  config.rl.kl_estimator = "k3"
+  train.validate_config(config)
+
+
+@pytest.mark.parametrize("key,value", [("num_attempts", 3), ("kl_estimator", "k1")])
+def test_refused_before_any_training(tmp_path, key, value):
+  config = demo.get_config()
+  config.rl[key] = value
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=f"rl.{key}"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()  # no tokenizer, no warm-start, no checkpoint was written.

@@ -275,13 +275,18 @@ def adaptive_beta2(beta2: jax.Array, kl1: jax.Array, pg2_abs: jax.Array, *, targ
 
 def stage2_loss(seq_logprob_ae: jax.Array, kl_ae: jax.Array, rewards_ae: jax.Array, *,
                 samples_per_prompt: int, alpha: float, beta1: float,
-                estimator: str = "rloo") -> tuple[jax.Array, dict[str, jax.Array]]:
+                estimator: str = "rloo", first_weight_e: jax.Array | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Paper Eq. 4 with shaping: -A(R1) log pi(y1|x1) - A(R2) log pi(y2|x2) + beta1 (KL_1 + KL_2).
 
   Per-turn credit: each attempt's tokens get that attempt's own advantage.
+  first_weight_e: optional per-episode weight of the y1 policy-gradient term; 0 drops
+  it (offline first attempts: y1 ~ pi_ref is only a prompt for y2, paper §5.3).
   """
   big_r1, big_r2 = shaped_rewards(rewards_ae[0], rewards_ae[1], alpha)
   adv1_e = advantages(big_r1, samples_per_prompt, estimator)
+  if first_weight_e is not None:
+    adv1_e = adv1_e * first_weight_e
   adv2_e = advantages(big_r2, samples_per_prompt, estimator)
   pg1 = policy_gradient(adv1_e, seq_logprob_ae[0])
   pg2 = policy_gradient(adv2_e, seq_logprob_ae[1])

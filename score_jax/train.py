@@ -304,6 +304,8 @@ def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], d
   batch = {"tokens": episodes.tokens[:, :width], "loss_mask": episodes.loss_mask[..., :width],
            "rewards": rewards,
            "target_index": losses.target_positions(loss_mask_ael[..., :width].max(axis=0))}
+  if rc.offline_first_fraction > 0:  # y1 from pi_ref: no y1 policy-gradient term on these rows.
+    batch["offline_first"] = np.asarray(multihost.fetch(episodes.offline_first), np.float32)
   m = evaluation.transition_metrics(rewards)
   group_std = rewards[-1].reshape(-1, cfg.samples_per_prompt).std(axis=1)
   m.update(changed_answer_rate=float(changed.mean()),

@@ -10,7 +10,9 @@ batch: {"tokens": int32 [E, L], "loss_mask": float32 [A, E, L],
         "rewards": float32 [A, E]} with E = prompts * k, each prompt's k
 episodes consecutive; optionally "target_index": int32 [E, P], the
 `losses.target_positions` of the attempts' joint mask, so that only generated
-tokens are projected to the vocabulary (train.rl_batch adds it). A global
+tokens are projected to the vocabulary (train.rl_batch adds it); and
+"offline_first": float32 [E], 1 where y1 came from pi_ref (no y1 policy-gradient
+term there; train.rl_batch adds it when rl.offline_first_fraction > 0). A global
 batch larger than memory is split into
 `objective.micro_batches` contiguous chunks of whole prompt groups, whose
 gradients are accumulated (identical to the unsplit step: RLOO groups never
@@ -143,25 +145,35 @@ def episode_terms(config: ModelConfig, params: Params, ref_params: Params, token
 
 
 def objective_loss(obj: ObjectiveConfig, seq_logprob_ae: jax.Array, kl_ae: jax.Array,
-                   rewards_ae: jax.Array,
-                   beta2: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The loss named by `obj.name` (see the spec §2 and §6); `beta2` overrides obj.beta2."""
+                   rewards_ae: jax.Array, beta2: jax.Array | None = None,
+                   offline_first_e: jax.Array | None = None
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss named by `obj.name` (see the spec §2 and §6); `beta2` overrides obj.beta2.
+
+  offline_first_e: 1 where y1 was sampled from pi_ref (rollout's offline first
+  attempts); those rows get no y1 policy-gradient term, being only prompts for y2.
+  """
   k, est = obj.samples_per_prompt, obj.estimator
+  first_weight_e = None if offline_first_e is None else 1.0 - offline_first_e
   if obj.name == "stage1":
     return losses.stage1_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,
                               beta1=obj.beta1, beta2=obj.beta2 if beta2 is None else beta2,
                               estimator=est)
   if obj.name == "stage2":
     return losses.stage2_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,
-                              alpha=obj.alpha, beta1=obj.beta1, estimator=est)
+                              alpha=obj.alpha, beta1=obj.beta1, estimator=est,
+                              first_weight_e=first_weight_e)
   if obj.name == "naive_sum":  # multi-turn RL, per-turn rewards, no Stage I, no bonus.
     return losses.stage2_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,
-                              alpha=0.0, beta1=obj.beta1, estimator=est)
+                              alpha=0.0, beta1=obj.beta1, estimator=est,
+                              first_weight_e=first_weight_e)
   if obj.name == "naive_r2":  # multi-turn RL on r2 only: beta1 KL on both, no Stage I pin.
     return losses.stage1_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,
                               beta1=obj.beta1, beta2=obj.beta1, estimator=est)
   # single_turn: RLOO on the first attempt only.
   adv_e = losses.advantages(rewards_ae[0], k, est)
+  if first_weight_e is not None:
+    adv_e = adv_e * first_weight_e
   pg = losses.policy_gradient(adv_e, seq_logprob_ae[0])
   kl1 = jnp.mean(kl_ae[0])
   return pg + obj.beta1 * kl1, {"pg_loss": pg, "kl_1": kl1}
@@ -196,7 +208,8 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
   batch_shardings = {"tokens": sharding.batch_sharding(mesh, 2),
                      "loss_mask": sharding.logical_sharding(mesh, (None, "batch", None)),
                      "rewards": sharding.logical_sharding(mesh, (None, "batch")),
-                     "target_index": sharding.batch_sharding(mesh, 2)}
+                     "target_index": sharding.batch_sharding(mesh, 2),
+                     "offline_first": sharding.batch_sharding(mesh, 1)}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   n = obj.micro_batches
   adaptive = obj.adaptive_beta2 and obj.name == "stage1"
@@ -210,7 +223,7 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
     terms = episode_terms(config, params, ref_params, micro["tokens"], micro["loss_mask"],
                           obj.kl_estimator, obj.logits_chunk, micro.get("target_index"))
     loss, metrics = objective_loss(obj, terms["seq_logprob"], terms["kl"], micro["rewards"],
-                                   beta2)
+                                   beta2, micro.get("offline_first"))
     num_tokens_a = jnp.sum(micro["loss_mask"], axis=-1)
     metrics.update(loss=loss, logprob_1=jnp.mean(terms["seq_logprob"][0]),
                    tokens_per_attempt=jnp.mean(num_tokens_a, axis=-1)[0])

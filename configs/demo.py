@@ -79,7 +79,11 @@ def get_config() -> ml_collections.ConfigDict:
   # (instructions: score_jax/self_refine.py; empty = its defaults).
   # num_attempts: greedy attempts per problem (0 = rl.num_attempts; more gives the N-attempt
   # curve); scaling_budgets: sample budgets 2K for the compute-scaling study, e.g. (2, 4, 8).
+  # checkpoint: which RL step is evaluated (and exported): "final", or "best_train_reward"
+  # (the paper's: the checkpoint whose batches since the previous one had the highest mean
+  # last-attempt reward; RL schedule only); eval.json names the step.
   c.eval = ml_collections.ConfigDict(dict(batch_size=64, base=True, self_refine=False,
+                                          checkpoint="final",
                                           self_refine_feedback="", self_refine_refine="",
                                           num_attempts=0, scaling_budgets=(),
                                           scaling_temperature=0.7))

@@ -61,6 +61,11 @@ def parse_schedule(schedule: str) -> list[tuple[str, int]]:
   return out
 
 
+# Which RL checkpoint is evaluated: the last one, or (the paper's choice) the one with the
+# highest training reward (`best_train_reward`).
+CHECKPOINT_RULES = ("final", "best_train_reward")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Refuses, before any training, settings that would silently train something else."""
   rl = config.rl
@@ -70,6 +75,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       train_step.check_num_attempts(name, rl.num_attempts)
     if schedule:
       train_step.check_kl_estimator(rl.kl_estimator)
+  rule = config.eval.get("checkpoint", "final")
+  if rule not in CHECKPOINT_RULES:
+    raise ValueError(f"unknown eval.checkpoint {rule!r}; use one of {CHECKPOINT_RULES}.")
+  if rule == "best_train_reward" and config.get("method", "score") != "score":
+    raise ValueError("eval.checkpoint='best_train_reward' selects among the RL schedule's "
+                     f"checkpoints; method={config.method!r} evaluates its final step: set "
+                     "--config.eval.checkpoint=final.")
 
 
 def _tokenizer(config, task: tasks.Task, workdir: str) -> tokenizer_lib.Tokenizer:
@@ -341,6 +353,13 @@ def run_rl(run: Run, base_params: model.Params,
                                          ref_params, run.mesh)
            for name in {name for name, _ in schedule}}
   stage_of = [name for name, n in schedule for _ in range(n)]
+  # eval.checkpoint=best_train_reward: at each checkpoint step, the mean last-attempt reward of
+  # the batches since the previous one scores it; the best params are copied to rl_best/.
+  # Window and best score ride in the checkpoint meta, so a resumed run selects the same step.
+  best = None
+  if run.config.eval.get("checkpoint", "final") == "best_train_reward":
+    best = checkpoint.Checkpointer(best_checkpoint_dir(run.workdir), save_every=0, keep=1)
+  window, best_reward = list(meta.get("reward_window", [])), meta.get("best_train_reward")
   try:
     for step in range(start, total):
       t0 = time.perf_counter()
@@ -352,11 +371,44 @@ def run_rl(run: Run, base_params: model.Params,
       m.update(time_update=time.perf_counter() - t1, time_step=time.perf_counter() - t0,
                stage=stage_of[step])
       writer.write(step + 1, m, prefix="rl/")
-      _save_or_stop(ckpt, step + 1, total, state, {"phase": "rl", "stage": stage_of[step],
-                                                   "stage_schedule": cfg.stage_schedule})
+      step_meta = {"phase": "rl", "stage": stage_of[step], "stage_schedule": cfg.stage_schedule}
+      if best is not None:
+        window.append(float(np.mean(batch["rewards"][-1])))
+        if step + 1 == total or (ckpt.save_every > 0 and (step + 1) % ckpt.save_every == 0):
+          score, window = float(np.mean(window)), []
+          if best_reward is None or score > best_reward:
+            best.save(step + 1, {"params": state["params"]}, {"train_reward": score}, force=True)
+            best_reward = score
+        step_meta.update(reward_window=window, best_train_reward=best_reward)
+      _save_or_stop(ckpt, step + 1, total, state, step_meta)
   finally:
     ckpt.close()
+    if best is not None:
+      best.close()
   return state["params"]
+
+
+def best_checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, "rl_best")
+
+
+def select_checkpoint(run: Run, final_params: model.Params) -> tuple[int, model.Params]:
+  """(RL step, params) that eval.checkpoint names: the last step, or the best-reward one."""
+  total = sum(n for _, n in parse_schedule(run.config.rl.stage_schedule))
+  if run.config.eval.get("checkpoint", "final") == "final":
+    return total, final_params
+  best = checkpoint.Checkpointer(best_checkpoint_dir(run.workdir), save_every=0, keep=1)
+  try:
+    restored = best.restore(checkpoint.abstract_like({"params": final_params}))
+  finally:
+    best.close()
+  if restored is None:
+    raise ValueError(f"eval.checkpoint='best_train_reward' but {best_checkpoint_dir(run.workdir)} "
+                     "holds no checkpoint; the RL phase of this workdir ran with "
+                     "eval.checkpoint='final': rerun it in a new workdir.")
+  step, state, meta = restored
+  log.info("evaluating RL step %d (training reward %.4f)", step, meta["train_reward"])
+  return step, state["params"]
 
 
 # --- evaluation and the whole run ---------------------------------------------------------------
@@ -433,10 +485,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   final = base
   if parse_schedule(config.rl.stage_schedule) or method != "score":
     if method == "score":
-      final = run_rl(run, base, writer)
+      step, final = select_checkpoint(run, run_rl(run, base, writer))
     else:  # STaR / Pair-SFT on the RL schedule's budget of steps.
-      final = baselines.run_sft_baseline(run, base, writer, method)
+      step, final = baselines.budget_steps(config), baselines.run_sft_baseline(run, base, writer,
+                                                                               method)
     results[method] = evaluate_params(run, final)
+    results[method]["checkpoint"] = {"rule": config.eval.get("checkpoint", "final"),
+                                     "step": step}
   export_dir = _export_dir(config, workdir)
   if export_dir:
     export_hf(run, final, export_dir)

@@ -108,3 +108,16 @@ def test_refused_before_any_training(tmp_path, key, value):
   with pytest.raises(ValueError, match=f"rl.{key}"):
     train.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()  # no tokenizer, no warm-start, no checkpoint was written.
+
+
+def test_eval_checkpoint_rule_is_checked():
+  config = demo.get_config()
+  assert config.eval.checkpoint == "final"
+  config.eval.checkpoint = "best"
+  with pytest.raises(ValueError, match="unknown eval.checkpoint 'best'"):
+    train.validate_config(config)
+  config.eval.checkpoint = "best_train_reward"
+  train.validate_config(config)
+  config.method = "star"
+  with pytest.raises(ValueError, match="evaluates its final step: set --config.eval.checkpoint"):
+    train.validate_config(config)

@@ -49,8 +49,9 @@ def check_num_attempts(name: str, num_attempts: int) -> None:
   """Refuses an objective / rl.num_attempts pair the objective is not defined for."""
   needed = NUM_ATTEMPTS[name]
   if num_attempts < 1 or (needed is not None and num_attempts != needed):
-    raise ValueError(f"objective {name!r} is defined for rl.num_attempts={needed or '>= 1'} "
-                     f"(y1 then y2), got rl.num_attempts={num_attempts}; set "
+    wanted = f"={needed} (y1 then y2)" if needed else " >= 1 (it trains y1)"
+    raise ValueError(f"objective {name!r} is defined for rl.num_attempts{wanted}, got "
+                     f"rl.num_attempts={num_attempts}; set "
                      f"--config.rl.num_attempts={needed or 1} (the paper's 3-attempt variant "
                      "is not implemented).")
 
@@ -153,6 +154,7 @@ def objective_loss(obj: ObjectiveConfig, seq_logprob_ae: jax.Array, kl_ae: jax.A
   offline_first_e: 1 where y1 was sampled from pi_ref (rollout's offline first
   attempts); those rows get no y1 policy-gradient term, being only prompts for y2.
   """
+  check_num_attempts(obj.name, rewards_ae.shape[0])  # at trace time: shapes are static.
   k, est = obj.samples_per_prompt, obj.estimator
   first_weight_e = None if offline_first_e is None else 1.0 - offline_first_e
   if obj.name == "stage1":

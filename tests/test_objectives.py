@@ -198,3 +198,16 @@ def test_offline_first_attempts_leave_objectives_without_a_y1_term_unchanged(nam
   with_offline = _objective_grads(name, [1.0, 1.0, 0.0, 0.0])
   without = _objective_grads(name)
   jax.tree.map(np.testing.assert_array_equal, with_offline, without)
+
+
+def test_objective_loss_refuses_attempt_counts_it_is_not_defined_for():
+  from score_jax import train_step
+  obj = train_step.ObjectiveConfig(name="stage2", samples_per_prompt=2)
+  three = np.concatenate([REWARDS, REWARDS[:1]])
+  with pytest.raises(ValueError, match="rl.num_attempts=2 .*got rl.num_attempts=3"):
+    train_step.objective_loss(obj, np.concatenate([SEQ_LP, SEQ_LP[:1]]),
+                              np.concatenate([KL, KL[:1]]), three)
+  single = train_step.ObjectiveConfig(name="single_turn", samples_per_prompt=2)
+  loss, _ = train_step.objective_loss(single, SEQ_LP[:1], KL[:1], REWARDS[:1])
+  assert float(loss) == pytest.approx(-np.mean(np.array([-1.0, 1.0, 1.0, -1.0]) * SEQ_LP[0])
+                                      + 0.01 * KL[0].mean())

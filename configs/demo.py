@@ -77,7 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
       steps=0,  # gradient updates; 0 = the stage schedule's total.
       round_steps=1,  # steps per sample-then-fine-tune round (1: sample with the newest params).
       batch_size=0,  # SFT rows per update; 0 = prompts_per_step * samples_per_prompt.
-      learning_rate=1e-4, include_correct_to_correct=False))  # True: the paper's D+ variants.
+      learning_rate=0.0,  # 0 = rl.learning_rate (the paper keeps it equal across methods).
+      include_correct_to_correct=False))  # True: the paper's D+ variants.
 
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3))
   # Console: a progress bar per phase (on a terminal) and a compact line every `every` steps;
@@ -92,7 +93,11 @@ def get_config() -> ml_collections.ConfigDict:
   # split: the problems evaluated, "test" (held out) or "validation" (task.num_validation
   # problems drawn after the train ones; for choosing hyper-parameters, see
   # configs/miniature_study.py).
+  # checkpoint: which RL step is evaluated (and exported): "final", or "best_train_reward"
+  # (the paper's: the checkpoint whose batches since the previous one had the highest mean
+  # last-attempt reward; RL schedule only); eval.json names the step.
   c.eval = ml_collections.ConfigDict(dict(batch_size=64, base=True, self_refine=False,
+                                          checkpoint="final",
                                           self_refine_feedback="", self_refine_refine="",
                                           num_attempts=0, scaling_budgets=(),
                                           scaling_temperature=0.7, split="test"))

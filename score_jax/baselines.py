@@ -164,6 +164,18 @@ def budget_steps(config) -> int:
   return config.baseline.steps or sum(n for _, n in train.parse_schedule(config.rl.stage_schedule))
 
 
+def learning_rate(config) -> float:
+  """The baselines' Adam learning rate: baseline.learning_rate, or (0) rl.learning_rate.
+
+  The paper keeps the learning rate equal across methods, so a config that sets only
+  rl.learning_rate trains its SFT baselines at that rate too.
+  """
+  if config.baseline.learning_rate < 0:
+    raise ValueError(f"baseline.learning_rate must be >= 0 (0 = rl.learning_rate), got "
+                     f"{config.baseline.learning_rate}.")
+  return config.baseline.learning_rate or config.rl.learning_rate
+
+
 def run_sft_baseline(run: train.Run, base_params: model.Params,
                      writer: metrics_lib.MetricWriter, method: str) -> model.Params:
   """STaR or Pair-SFT from the base params on the RL budget (resumable); returns the params."""
@@ -184,7 +196,7 @@ def run_sft_baseline(run: train.Run, base_params: model.Params,
   # (train.lora_setup); otherwise ref_params is a copy of it.
   adapters, policy_of, lora_meta, ref_params = train.lora_setup(run, base_params)
   opt = optax.chain(optax.clip_by_global_norm(rl.grad_clip),
-                    optax.adam(cfg.learning_rate, b1=rl.adam_b1, b2=rl.adam_b2))
+                    optax.adam(learning_rate(run.config), b1=rl.adam_b1, b2=rl.adam_b2))
   ckpt, start, state, meta = phase.open_phase(
       run.workdir, method,
       sft.init_train_state(base_params if adapters is None else adapters, opt, run.mesh),

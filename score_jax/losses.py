@@ -158,8 +158,15 @@ def exact_kl(policy_logits_btv: jax.Array, ref_logits_btv: jax.Array) -> jax.Arr
 
   Position t holds the KL of the distributions that predict token t+1; use
   `shift_to_targets` to align it with the target positions that masks select.
-  Unbiased and lowest-variance; costs one extra [B, T, V] pass (the default on
-  small vocabularies). The gradient flows into the policy logits only.
+  Summed over a sampled y ~ pi_theta, its *value* is an unbiased estimate of the
+  sequence KL(pi_theta(y|x) || pi_ref(y|x)), with less variance than k1 / k3.
+  Its *gradient* is not that of the sequence KL: it differentiates each token's
+  KL with the sampled prefix held fixed, and drops the score-function term
+  sum_t grad log pi_theta(y_t|y_<t) * sum_{s>t} KL_s (how the policy's choice of
+  y_t changes the later contexts). It is the exact gradient of the per-token KL at
+  the sampled contexts, and 0 wherever pi_theta = pi_ref. Costs one extra
+  [B, T, V] pass (the default on small vocabularies). The gradient flows into the
+  policy logits only.
   """
   logp_btv = jax.nn.log_softmax(policy_logits_btv.astype(jnp.float32), axis=-1)
   logq_btv = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits_btv).astype(jnp.float32), -1)
@@ -169,9 +176,9 @@ def exact_kl(policy_logits_btv: jax.Array, ref_logits_btv: jax.Array) -> jax.Arr
 def k1_kl(policy_logprobs_bt: jax.Array, ref_logprobs_bt: jax.Array) -> jax.Array:
   """Sample estimator log pi_theta(y) - log pi_ref(y) per sampled token.
 
-  Unbiased for KL's value under y ~ pi_theta, but its gradient alone is the
-  gradient of E[log pi_theta] only, not of the KL (the score-function term is
-  missing); it can be negative per token.
+  Unbiased for KL's value under y ~ pi_theta, but useless as a loss term: its
+  gradient grad log pi_theta(y) has zero expectation under y ~ pi_theta (so
+  `train_step` refuses it as a loss); it can be negative per token.
   """
   return policy_logprobs_bt - jax.lax.stop_gradient(ref_logprobs_bt)
 
@@ -268,13 +275,18 @@ def adaptive_beta2(beta2: jax.Array, kl1: jax.Array, pg2_abs: jax.Array, *, targ
 
 def stage2_loss(seq_logprob_ae: jax.Array, kl_ae: jax.Array, rewards_ae: jax.Array, *,
                 samples_per_prompt: int, alpha: float, beta1: float,
-                estimator: str = "rloo") -> tuple[jax.Array, dict[str, jax.Array]]:
+                estimator: str = "rloo", first_weight_e: jax.Array | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Paper Eq. 4 with shaping: -A(R1) log pi(y1|x1) - A(R2) log pi(y2|x2) + beta1 (KL_1 + KL_2).
 
   Per-turn credit: each attempt's tokens get that attempt's own advantage.
+  first_weight_e: optional per-episode weight of the y1 policy-gradient term; 0 drops
+  it (offline first attempts: y1 ~ pi_ref is only a prompt for y2, paper §5.3).
   """
   big_r1, big_r2 = shaped_rewards(rewards_ae[0], rewards_ae[1], alpha)
   adv1_e = advantages(big_r1, samples_per_prompt, estimator)
+  if first_weight_e is not None:
+    adv1_e = adv1_e * first_weight_e
   adv2_e = advantages(big_r2, samples_per_prompt, estimator)
   pg1 = policy_gradient(adv1_e, seq_logprob_ae[0])
   pg2 = policy_gradient(adv2_e, seq_logprob_ae[1])

@@ -32,6 +32,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f"unknown method {method!r}: use 'score' (the rl.stage_schedule, which also "
                      f"runs the RL baselines naive_r2 / naive_sum / single_turn) or one of "
                      f"{baselines.METHODS}.")
+  train.validate_config(config)
   run = train.setup(config, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -53,10 +54,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   final = base
   if train.parse_schedule(config.rl.stage_schedule) or method != "score":
     if method == "score":
-      final = train.run_rl(run, base, writer)
+      step, final = train.select_checkpoint(run, train.run_rl(run, base, writer))
     else:  # STaR / Pair-SFT on the RL schedule's budget of steps.
-      final = baselines.run_sft_baseline(run, base, writer, method)
+      step, final = baselines.budget_steps(config), baselines.run_sft_baseline(run, base, writer,
+                                                                               method)
     results[method] = train.evaluate_params(run, final)
+    results[method]["checkpoint"] = {"rule": config.eval.get("checkpoint", "final"),
+                                     "step": step}
   export_dir = _export_dir(config, workdir)
   if export_dir:
     train.export_hf(run, final, export_dir)

@@ -47,8 +47,9 @@ class RolloutConfig:
   top_k: int | None = None
   top_p: float | None = None
   pad_id: int = 0
-  # Fraction of episodes whose first attempt is sampled from the reference params
-  # ("offline first attempts", paper §5.3). 0 = fully on-policy.
+  # Fraction of prompts whose k first attempts are all sampled from the reference params
+  # ("offline first attempts", paper §5.3; rounded per rollout call, whole groups so that
+  # each RLOO group is all offline or all on-policy). 0 = fully on-policy.
   offline_first_fraction: float = 0.0
 
   def __post_init__(self):
@@ -188,7 +189,7 @@ def rollout(config: ModelConfig, params: Params, prompt_tokens: jax.Array,
   context = jnp.repeat(prompt_tokens.astype(jnp.int32), k, axis=0)
   context_len = jnp.repeat(prompt_lengths.astype(jnp.int32), k, axis=0)
   num_episodes = context.shape[0]
-  num_offline = int(round(rc.offline_first_fraction * num_episodes))
+  num_offline = int(round(rc.offline_first_fraction * prompt_tokens.shape[0])) * k
   if num_offline and ref_params is None:
     raise ValueError("offline_first_fraction > 0 needs ref_params (the base model).")
   width = episode_length(prompt_tokens.shape[1], rc)

@@ -14,6 +14,7 @@ workdir: `warmstart/` (supervised phase, its last step is the base model) and
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Any
@@ -24,12 +25,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from score_jax import (console, eval as evaluation, lora, losses, metrics as metrics_lib, model,
-                       multihost, phase, rollout, sft, sharding, tasks, tokenizer as tokenizer_lib,
-                       train_step)
+from score_jax import (checkpoint, console, eval as evaluation, lora, losses, metrics as metrics_lib,
+                       model, multihost, phase, rollout, sft, sharding, tasks,
+                       tokenizer as tokenizer_lib, train_step)
 from score_jax import base_model
 from score_jax.base_model import load_base_model
 from score_jax.model import checkpoints, gguf as gguf_lib
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -58,6 +61,29 @@ def parse_schedule(schedule: str) -> list[tuple[str, int]]:
                        f"objective in {train_step.OBJECTIVES}, e.g. 'stage1:30,stage2:60'.")
     out.append((name, int(steps)))
   return out
+
+
+# Which RL checkpoint is evaluated: the last one, or (the paper's choice) the one with the
+# highest training reward (`best_train_reward`).
+CHECKPOINT_RULES = ("final", "best_train_reward")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses, before any training, settings that would silently train something else."""
+  rl = config.rl
+  schedule = parse_schedule(rl.stage_schedule)
+  if config.get("method", "score") == "score":
+    for name in dict(schedule):
+      train_step.check_num_attempts(name, rl.num_attempts)
+    if schedule:
+      train_step.check_kl_estimator(rl.kl_estimator)
+  rule = config.eval.get("checkpoint", "final")
+  if rule not in CHECKPOINT_RULES:
+    raise ValueError(f"unknown eval.checkpoint {rule!r}; use one of {CHECKPOINT_RULES}.")
+  if rule == "best_train_reward" and config.get("method", "score") != "score":
+    raise ValueError("eval.checkpoint='best_train_reward' selects among the RL schedule's "
+                     f"checkpoints; method={config.method!r} evaluates its final step: set "
+                     "--config.eval.checkpoint=final.")
 
 
 def _tokenizer(config, task: tasks.Task, workdir: str) -> tokenizer_lib.Tokenizer:
@@ -280,6 +306,8 @@ def rl_batch(run: Run, params, ref_params, step: int) -> tuple[dict[str, Any], d
   batch = {"tokens": episodes.tokens[:, :width], "loss_mask": episodes.loss_mask[..., :width],
            "rewards": rewards, "sampler_logprobs": episodes.sampler_logprobs[:, :width],
            "target_index": losses.target_positions(loss_mask_ael[..., :width].max(axis=0))}
+  if rc.offline_first_fraction > 0:  # y1 from pi_ref: no y1 policy-gradient term on these rows.
+    batch["offline_first"] = np.asarray(multihost.fetch(episodes.offline_first), np.float32)
   m = evaluation.transition_metrics(rewards)
   group_std = rewards[-1].reshape(-1, cfg.samples_per_prompt).std(axis=1)
   m.update(changed_answer_rate=float(changed.mean()),
@@ -325,6 +353,13 @@ def run_rl(run: Run, base_params: model.Params,
   first_of = [sum(n for _, n in schedule[:i]) for i in range(len(schedule))]
   writer.drop_after("rl/", start)  # a resumed run repeats the steps after `start`.
   bar = None
+  # eval.checkpoint=best_train_reward: at each checkpoint step, the mean last-attempt reward of
+  # the batches since the previous one scores it; the best params are copied to rl_best/.
+  # Window and best score ride in the checkpoint meta, so a resumed run selects the same step.
+  best = None
+  if run.config.eval.get("checkpoint", "final") == "best_train_reward":
+    best = checkpoint.Checkpointer(best_checkpoint_dir(run.workdir), save_every=0, keep=1)
+  window, best_reward = list(meta.get("reward_window", [])), meta.get("best_train_reward")
   try:
     for step in range(start, total):
       if bar is None or step == first_of[entry_of[step]]:
@@ -342,13 +377,24 @@ def run_rl(run: Run, base_params: model.Params,
       m.update(time_update=time.perf_counter() - t1, time_step=time.perf_counter() - t0,
                stage=stage_of[step])
       writer.write(step + 1, m, prefix="rl/")
-      phase.save_or_stop(ckpt, step + 1, total, state,
-                         {"phase": "rl", "stage": stage_of[step], "stage_schedule": cfg.stage_schedule,
-                          **({"lora": lora_meta} if lora_meta else {})})
+      step_meta = {"phase": "rl", "stage": stage_of[step], "stage_schedule": cfg.stage_schedule,
+                   **({"lora": lora_meta} if lora_meta else {})}
+      if best is not None:
+        window.append(float(np.mean(batch["rewards"][-1])))
+        if step + 1 == total or (ckpt.save_every > 0 and (step + 1) % ckpt.save_every == 0):
+          score, window = float(np.mean(window)), []
+          if best_reward is None or score > best_reward:  # the policy (LoRA: merged) params.
+            best.save(step + 1, {"params": policy_of(state["params"])}, {"train_reward": score},
+                      force=True)
+            best_reward = score
+        step_meta.update(reward_window=window, best_train_reward=best_reward)
+      phase.save_or_stop(ckpt, step + 1, total, state, step_meta)
   finally:
     if bar is not None:
       bar.close()
     ckpt.close()
+    if best is not None:
+      best.close()
   return policy_of(state["params"])
 
 
@@ -374,6 +420,29 @@ def lora_setup(run: Run, base_params: model.Params):
                   out_shardings=jax.tree.map(lambda x: x.sharding, placed))
   return (adapters, lambda trained: merge(placed, trained),
           lora.checkpoint_meta(adapters, placed), placed)
+
+
+def best_checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, "rl_best")
+
+
+def select_checkpoint(run: Run, final_params: model.Params) -> tuple[int, model.Params]:
+  """(RL step, params) that eval.checkpoint names: the last step, or the best-reward one."""
+  total = sum(n for _, n in parse_schedule(run.config.rl.stage_schedule))
+  if run.config.eval.get("checkpoint", "final") == "final":
+    return total, final_params
+  best = checkpoint.Checkpointer(best_checkpoint_dir(run.workdir), save_every=0, keep=1)
+  try:
+    restored = best.restore(checkpoint.abstract_like({"params": final_params}))
+  finally:
+    best.close()
+  if restored is None:
+    raise ValueError(f"eval.checkpoint='best_train_reward' but {best_checkpoint_dir(run.workdir)} "
+                     "holds no checkpoint; the RL phase of this workdir ran with "
+                     "eval.checkpoint='final': rerun it in a new workdir.")
+  step, state, meta = restored
+  log.info("evaluating RL step %d (training reward %.4f)", step, meta["train_reward"])
+  return step, state["params"]
 
 
 # --- evaluation and the whole run ---------------------------------------------------------------

@@ -12,7 +12,9 @@ episodes consecutive; optionally "target_index": int32 [E, P], the
 `losses.target_positions` of the attempts' joint mask, so that only generated
 tokens are projected to the vocabulary (train.rl_batch adds it); optionally
 "sampler_logprobs": float32 [E, L], the rollout's log-probs of the same tokens,
-for the sampler/trainer mismatch metrics and the importance correction. A global
+for the sampler/trainer mismatch metrics and the importance correction; and
+"offline_first": float32 [E], 1 where y1 came from pi_ref (no y1 policy-gradient
+term there; train.rl_batch adds it when rl.offline_first_fraction > 0). A global
 batch larger than memory is split into
 `objective.micro_batches` contiguous chunks of whole prompt groups, whose
 gradients are accumulated (identical to the unsplit step: RLOO groups never
@@ -44,6 +46,33 @@ from score_jax.model import ModelConfig, Params, forward_hidden, logits
 from score_jax.sft import TrainState
 
 OBJECTIVES = ("stage1", "stage2", "naive_r2", "naive_sum", "single_turn")
+# Attempts each objective is defined for (None: any). The two-turn objectives index y1 and y2:
+# with 1 attempt rewards[1] would clamp to y1, with 3 the last attempt would never be trained.
+# single_turn trains y1 only; later attempts are sampled for the metrics.
+NUM_ATTEMPTS = {"stage1": 2, "stage2": 2, "naive_r2": 2, "naive_sum": 2, "single_turn": None}
+
+
+def check_num_attempts(name: str, num_attempts: int) -> None:
+  """Refuses an objective / rl.num_attempts pair the objective is not defined for."""
+  needed = NUM_ATTEMPTS[name]
+  if num_attempts < 1 or (needed is not None and num_attempts != needed):
+    wanted = f"={needed} (y1 then y2)" if needed else " >= 1 (it trains y1)"
+    raise ValueError(f"objective {name!r} is defined for rl.num_attempts{wanted}, got "
+                     f"rl.num_attempts={num_attempts}; set "
+                     f"--config.rl.num_attempts={needed or 1} (the paper's 3-attempt variant "
+                     "is not implemented).")
+
+
+def check_kl_estimator(kl_estimator: str) -> None:
+  """Refuses KL estimators that are not a usable loss term (k1: zero expected gradient)."""
+  if kl_estimator not in ("exact", "k1", "k3"):
+    raise ValueError(f"unknown kl_estimator {kl_estimator!r}; use exact, k1 or k3.")
+  if kl_estimator == "k1":
+    # grad k1 = grad log pi(y), and E_{y~pi}[grad log pi(y)] = 0: as a loss it pins nothing.
+    raise ValueError("rl.kl_estimator='k1' cannot be a loss term: its gradient is grad log "
+                     "pi_theta(y), whose expectation under y ~ pi_theta is zero, so the beta "
+                     "KL terms (Stage I's beta2 pin) would vanish in expectation; use "
+                     "rl.kl_estimator='exact' (or 'k3').")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +85,7 @@ class ObjectiveConfig:
   beta1: float = 0.01
   beta2: float = 0.1
   estimator: str = "rloo"  # or "reinforce".
-  kl_estimator: str = "exact"  # or "k1", "k3".
+  kl_estimator: str = "exact"  # or "k3" ("k1" is refused: zero expected gradient).
   micro_batches: int = 1
   # Positions per logits block (memory ~ E x logits_chunk x V per model); 0 builds the full
   # [E, L, V] logits (the unchunked reference path, for tests and benchmarks).
@@ -78,8 +107,7 @@ class ObjectiveConfig:
   def __post_init__(self):
     if self.name not in OBJECTIVES:
       raise ValueError(f"unknown objective {self.name!r}; choose one of {OBJECTIVES}.")
-    if self.kl_estimator not in ("exact", "k1", "k3"):
-      raise ValueError(f"unknown kl_estimator {self.kl_estimator!r}; use exact, k1 or k3.")
+    check_kl_estimator(self.kl_estimator)
     if self.logits_chunk < 0:
       raise ValueError(f"logits_chunk must be >= 0 (0 = no chunking), got {self.logits_chunk}.")
     if not 0 < self.beta2_min <= self.beta2_max or self.beta2_gain < 0:
@@ -132,25 +160,36 @@ def episode_terms(config: ModelConfig, params: Params, ref_params: Params, token
 
 
 def objective_loss(obj: ObjectiveConfig, seq_logprob_ae: jax.Array, kl_ae: jax.Array,
-                   rewards_ae: jax.Array,
-                   beta2: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The loss named by `obj.name` (docs/method.md §2 and §6); `beta2` overrides obj.beta2."""
+                   rewards_ae: jax.Array, beta2: jax.Array | None = None,
+                   offline_first_e: jax.Array | None = None
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss named by `obj.name` (docs/method.md §2 and §6); `beta2` overrides obj.beta2.
+
+  offline_first_e: 1 where y1 was sampled from pi_ref (rollout's offline first
+  attempts); those rows get no y1 policy-gradient term, being only prompts for y2.
+  """
+  check_num_attempts(obj.name, rewards_ae.shape[0])  # at trace time: shapes are static.
   k, est = obj.samples_per_prompt, obj.estimator
+  first_weight_e = None if offline_first_e is None else 1.0 - offline_first_e
   if obj.name == "stage1":
     return losses.stage1_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,
                               beta1=obj.beta1, beta2=obj.beta2 if beta2 is None else beta2,
                               estimator=est)
   if obj.name == "stage2":
     return losses.stage2_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,
-                              alpha=obj.alpha, beta1=obj.beta1, estimator=est)
+                              alpha=obj.alpha, beta1=obj.beta1, estimator=est,
+                              first_weight_e=first_weight_e)
   if obj.name == "naive_sum":  # multi-turn RL, per-turn rewards, no Stage I, no bonus.
     return losses.stage2_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,
-                              alpha=0.0, beta1=obj.beta1, estimator=est)
+                              alpha=0.0, beta1=obj.beta1, estimator=est,
+                              first_weight_e=first_weight_e)
   if obj.name == "naive_r2":  # multi-turn RL on r2 only: beta1 KL on both, no Stage I pin.
     return losses.stage1_loss(seq_logprob_ae, kl_ae, rewards_ae, samples_per_prompt=k,
                               beta1=obj.beta1, beta2=obj.beta1, estimator=est)
   # single_turn: RLOO on the first attempt only.
   adv_e = losses.advantages(rewards_ae[0], k, est)
+  if first_weight_e is not None:
+    adv_e = adv_e * first_weight_e
   pg = losses.policy_gradient(adv_e, seq_logprob_ae[0])
   kl1 = jnp.mean(kl_ae[0])
   return pg + obj.beta1 * kl1, {"pg_loss": pg, "kl_1": kl1}
@@ -186,7 +225,8 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
                      "loss_mask": sharding.logical_sharding(mesh, (None, "batch", None)),
                      "rewards": sharding.logical_sharding(mesh, (None, "batch")),
                      "target_index": sharding.batch_sharding(mesh, 2),
-                     "sampler_logprobs": sharding.batch_sharding(mesh, 2)}
+                     "sampler_logprobs": sharding.batch_sharding(mesh, 2),
+                     "offline_first": sharding.batch_sharding(mesh, 1)}
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   n = obj.micro_batches
   adapters = isinstance(state["params"], lora.Adapters)
@@ -212,7 +252,8 @@ def make_rl_step(config: ModelConfig, optimizer: optax.GradientTransformation,
             terms["logprob_el"], micro["sampler_logprobs"], obj.importance_cap)
         pg_seq_logprob = losses.per_attempt_sum(weights_el * terms["logprob_el"],
                                                 micro["loss_mask"])
-    loss, metrics = objective_loss(obj, pg_seq_logprob, terms["kl"], micro["rewards"], beta2)
+    loss, metrics = objective_loss(obj, pg_seq_logprob, terms["kl"], micro["rewards"], beta2,
+                                   micro.get("offline_first"))
     num_tokens_a = jnp.sum(micro["loss_mask"], axis=-1)
     metrics.update(loss=loss, logprob_1=jnp.mean(terms["seq_logprob"][0]),
                    tokens_per_attempt=jnp.mean(num_tokens_a, axis=-1)[0], **mismatch)

@@ -7,13 +7,18 @@ alone receives a SIGTERM right after the warm-start's preemption vote of step
 `last - 1` (the racy window: after one vote, before that step's save decision). Every
 process must then skip that step's save, agree to stop at the last step, save it and exit
 (no process left waiting in a collective); the worker resumes the phase as a restarted
-job would. Writes WORKDIR/result_<process>.json and params_<process>.npz.
+job would. The RL rewards come from a stand-in verifier (a checksum of the response text)
+that gives the untrained model's episodes different rewards, so the advantages are not zero
+and an episode verified on one host but credited to another row would change the update.
+Writes WORKDIR/result_<process>.json and params_<process>.npz.
 """
 
+import dataclasses
 import json
 import os
 import signal
 import sys
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -73,6 +78,10 @@ def main():
   result = {"process": jax.process_index(), "processes": jax.process_count(),
             "devices": jax.device_count()}
   run = train.setup(_config(overrides), workdir)
+  # Reward 0/1 by the response's own text (same in every process; the real verifier calls
+  # every untrained response wrong, which would make every advantage 0).
+  run.task = dataclasses.replace(run.task, batch_reward=None,
+                                 reward=lambda text, gold: float(zlib.crc32(text.encode()) % 2))
   writer = metrics.MetricWriter(workdir, tensorboard=False)
   if multi:
     _helper_checks(result)

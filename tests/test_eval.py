@@ -50,3 +50,43 @@ def test_accuracy_per_attempt_plot_has_integer_attempt_ticks(tmp_path):
     low, high = ax.get_xlim()
     shown = [t for t in ax.get_xticks() if low <= t <= high]
     assert shown == list(range(1, attempts + 1))  # matplotlib's default has 1.2, 1.4, ...
+
+
+def test_compute_scaling_votes_over_each_problems_own_samples(monkeypatch):
+  import collections
+  import types
+  from score_jax import rollout
+  n, two_k = 5, 4
+  rng = np.random.default_rng(0)
+  # Episode e belongs to problem e // 2K (rollout's layout); answers 0..3 or none.
+  answers = rng.integers(0, 5, size=(2, n * two_k))
+  texts = [[f"a={v}" if v < 4 else "junk" for v in row] for row in answers]
+  golds = [str(g) for g in rng.integers(0, 4, size=n)]
+  seen = {}
+
+  def fake_rollout(config, params, prompts, lengths, rng, *, rc, micro_batch):
+    seen["rc"] = rc
+    return types.SimpleNamespace(prompt_index=np.arange(n * two_k) // rc.samples_per_prompt)
+
+  monkeypatch.setattr(rollout, "rollout_in_chunks", fake_rollout)
+  monkeypatch.setattr(rollout, "attempt_texts", lambda episodes, decode, stops: texts)
+  answer = lambda t: t.split("=")[-1] if "=" in t else None
+  reward = lambda t, g: float(answer(t) == g)
+  rc = rollout.RolloutConfig(samples_per_prompt=2, max_new_tokens=4, instruction_ids=(),
+                             stop_tokens=(1,))
+  out = evaluation.compute_scaling(None, None, np.zeros((n, 3), np.int32), np.ones(n), golds,
+                                   rc=rc, budgets=(2, 4), decode=None, reward_fn=reward,
+                                   answer_fn=answer, micro_batch=n)
+  assert seen["rc"].samples_per_prompt == two_k and seen["rc"].num_attempts == 2
+
+  def brute_force(attempt, problem, count):  # the problem's first `count` samples, by index.
+    rows = [e for e in range(n * two_k) if e // two_k == problem][:count]
+    votes = collections.Counter(answer(texts[attempt][e]) for e in rows)
+    votes.pop(None, None)
+    return float(bool(votes) and votes.most_common(1)[0][0] == golds[problem])
+
+  for b, budget in enumerate((2, 4)):
+    assert out["parallel"][b] == pytest.approx(np.mean([brute_force(0, i, budget)
+                                                        for i in range(n)]))
+    assert out["self_correct"][b] == pytest.approx(np.mean([brute_force(1, i, budget // 2)
+                                                            for i in range(n)]))

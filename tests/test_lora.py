@@ -12,8 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from score_jax import (baselines, lora, metrics as metrics_lib, model, sft, sharding, tasks,
-                       train, train_step)
+from score_jax import (baselines, lora, metrics as metrics_lib, model, pipeline, sft, sharding,
+                       tasks, train, train_step)
 from score_jax.model import checkpoints
 from tests.test_train import small_config
 from tests.utils import random_params
@@ -332,7 +332,7 @@ def _restore(workdir, phase, step=None):
 def test_lora_run_checkpoints_adapters_resumes_and_exports_the_merged_model(tmp_path):
   config = _lora_config()
   workdir = str(tmp_path)
-  results = train.train_and_evaluate(config, workdir)
+  results = pipeline.train_and_evaluate(config, workdir)
   assert set(results) == {"score"}
   final = _restore(workdir, "rl")
   assert set(final["params"]) == {"factors"}  # the RL checkpoint holds adapters, no base copy
@@ -349,13 +349,13 @@ def test_lora_run_checkpoints_adapters_resumes_and_exports_the_merged_model(tmp_
   # Resume: drop the last two RL checkpoints and rerun; the same adapters come out, bitwise.
   for step in (4, 5):
     shutil.rmtree(os.path.join(workdir, "rl", str(step)))
-  train.train_and_evaluate(config, workdir)
+  pipeline.train_and_evaluate(config, workdir)
   resumed = _restore(workdir, "rl")
   jax.tree.map(np.testing.assert_array_equal, resumed["params"], final["params"])
   # A resume with other LoRA settings is refused, naming them.
   config.rl.lora.alpha = 4.0
   with pytest.raises(ValueError, match="resume with the same rl.lora"):
-    train.train_and_evaluate(config, workdir)
+    pipeline.train_and_evaluate(config, workdir)
 
 
 def test_lora_sft_baseline_trains_adapters_and_returns_the_merged_model(tmp_path, monkeypatch):

@@ -118,6 +118,16 @@ def test_two_processes_match_one_process(tmp_path):
   steps = [json.loads(line)["step"] for line in open(multi / "metrics.jsonl")
            if "rl/loss" in line]
   assert steps == [1, 2]
+  # The update had a signal to misplace: rewards differ within some prompt's group (non-zero
+  # advantages), and the two jobs verified the same episodes the same way.
+  for workdir in (single, multi):
+    rl = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "rl/loss" in line]
+    assert min(r["rl/zero_variance_groups"] for r in rl) < 1.0, workdir
+    assert max(r["rl/adv_1_abs"] + r["rl/adv_2_abs"] for r in rl) > 0, workdir
+  for key in ("rl/acc_t1", "rl/acc_t2", "rl/zero_variance_groups"):
+    assert ([json.loads(line)[key] for line in open(single / "metrics.jsonl") if "rl/loss" in line]
+            == [json.loads(line)[key] for line in open(multi / "metrics.jsonl")
+                if "rl/loss" in line]), key
 
 
 # --- the helpers on one process (no collective runs) -------------------------------------------

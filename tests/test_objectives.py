@@ -159,3 +159,83 @@ def test_truncated_importance_weights_by_hand():
   np.testing.assert_allclose(jax.grad(weighted)(logprob), [[1.5, np.exp(-1.0), 0.0]], rtol=1e-6)
   with pytest.raises(ValueError, match="cap must be > 0"):
     losses.truncated_importance_weights(logprob, sampler, cap=0.0)
+
+
+# --- the RL baselines and offline first attempts, through train_step.objective_loss ---------------
+
+# r1 = [0, 1 | 1, 0], r2 = [1, 0 | 0, 1] (k = 2): every group has signal in both attempts.
+R2_MIXED = np.array([1.0, 0.0, 0.0, 1.0])
+ADV1 = np.array([-1.0, 1.0, 1.0, -1.0])       # A(r1)
+ADV2 = np.array([1.0, -1.0, -1.0, 1.0])       # A(r2), no bonus
+ADV2_SHAPED = np.array([21.0, -21.0, -21.0, 21.0])  # R2 = r2 + 10 (r2 - r1) = [11, -10 | -10, 11]
+BETA1, BETA2 = 0.01, 0.1
+
+
+def _objective_grads(name, offline_first=None, **kw):
+  from score_jax import train_step
+  obj = train_step.ObjectiveConfig(name=name, samples_per_prompt=2, alpha=10.0, beta1=BETA1,
+                                   beta2=BETA2, **kw)
+  rewards = np.stack([R1, R2_MIXED])
+  offline = None if offline_first is None else jnp.asarray(offline_first, jnp.float32)
+  return jax.grad(lambda lp, kl: train_step.objective_loss(obj, lp, kl, rewards,
+                                                           offline_first_e=offline)[0],
+                  argnums=(0, 1))(jnp.asarray(SEQ_LP), jnp.asarray(KL))
+
+
+def test_naive_r2_gradient_by_hand():
+  # -A(r2) log pi(y2) + beta1 (KL_1 + KL_2): no y1 policy gradient, no beta2 pin on y1.
+  g_lp, g_kl = _objective_grads("naive_r2")
+  np.testing.assert_array_equal(g_lp[0], 0.0)
+  np.testing.assert_allclose(g_lp[1], -ADV2 / 4)
+  np.testing.assert_allclose(g_kl, np.full((2, 4), BETA1 / 4))
+
+
+def test_naive_sum_gradient_by_hand():
+  # -A(r1) log pi(y1) - A(r2) log pi(y2) + beta1 (KL_1 + KL_2): per-turn rewards, no bonus.
+  g_lp, g_kl = _objective_grads("naive_sum")
+  np.testing.assert_allclose(g_lp[0], -ADV1 / 4)
+  np.testing.assert_allclose(g_lp[1], -ADV2 / 4)
+  np.testing.assert_allclose(g_kl, np.full((2, 4), BETA1 / 4))
+
+
+def test_single_turn_gradient_by_hand():
+  # -A(r1) log pi(y1) + beta1 KL_1: y2 is neither rewarded nor regularised.
+  g_lp, g_kl = _objective_grads("single_turn")
+  np.testing.assert_allclose(g_lp[0], -ADV1 / 4)
+  np.testing.assert_array_equal(g_lp[1], 0.0)
+  np.testing.assert_allclose(g_kl[0], BETA1 / 4)
+  np.testing.assert_array_equal(g_kl[1], 0.0)
+
+
+@pytest.mark.parametrize("name,adv2", [("stage2", ADV2_SHAPED), ("naive_sum", ADV2),
+                                       ("single_turn", None)])
+def test_offline_first_attempts_get_no_first_policy_gradient(name, adv2):
+  # Group 0's first attempts came from pi_ref: they only prompt y2 (paper §5.3).
+  offline = np.array([1.0, 1.0, 0.0, 0.0])
+  g_lp, g_kl = _objective_grads(name, offline)
+  np.testing.assert_allclose(g_lp[0], -ADV1 * (1 - offline) / 4)
+  np.testing.assert_array_equal(g_lp[0, :2], 0.0)
+  if adv2 is not None:  # y2 is on-policy on every row: its term is unchanged.
+    np.testing.assert_allclose(g_lp[1], -adv2 / 4)
+  _, g_kl_online = _objective_grads(name)
+  np.testing.assert_array_equal(g_kl, g_kl_online)  # the KL terms are unchanged.
+
+
+@pytest.mark.parametrize("name", ["stage1", "naive_r2"])
+def test_offline_first_attempts_leave_objectives_without_a_y1_term_unchanged(name):
+  with_offline = _objective_grads(name, [1.0, 1.0, 0.0, 0.0])
+  without = _objective_grads(name)
+  jax.tree.map(np.testing.assert_array_equal, with_offline, without)
+
+
+def test_objective_loss_refuses_attempt_counts_it_is_not_defined_for():
+  from score_jax import train_step
+  obj = train_step.ObjectiveConfig(name="stage2", samples_per_prompt=2)
+  three = np.concatenate([REWARDS, REWARDS[:1]])
+  with pytest.raises(ValueError, match="rl.num_attempts=2 .*got rl.num_attempts=3"):
+    train_step.objective_loss(obj, np.concatenate([SEQ_LP, SEQ_LP[:1]]),
+                              np.concatenate([KL, KL[:1]]), three)
+  single = train_step.ObjectiveConfig(name="single_turn", samples_per_prompt=2)
+  loss, _ = train_step.objective_loss(single, SEQ_LP[:1], KL[:1], REWARDS[:1])
+  assert float(loss) == pytest.approx(-np.mean(np.array([-1.0, 1.0, 1.0, -1.0]) * SEQ_LP[0])
+                                      + 0.01 * KL[0].mean())

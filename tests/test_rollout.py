@@ -102,6 +102,17 @@ def test_offline_first_attempts_come_from_reference(setup):
                     rc=_rc(offline_first_fraction=0.5))
 
 
+def test_offline_first_attempts_take_whole_prompt_groups(setup):
+  # 0.4 of 4 prompts rounds to 2 prompts = 4 of 8 episodes (0.4 of the 8 episodes would be 3,
+  # splitting prompt 1's group between pi_ref and pi_theta).
+  config, params, prompts, lengths = setup
+  ep = rollout.rollout(config, params, prompts, lengths, jax.random.key(0),
+                       rc=_rc(offline_first_fraction=0.4), ref_params=random_params(config, 1))
+  offline_pk = np.asarray(ep.offline_first).reshape(4, 2)
+  np.testing.assert_array_equal(offline_pk, [[True, True], [True, True], [False, False],
+                                             [False, False]])
+
+
 def test_chunked_and_sharded_rollouts_equal_single_call(setup):
   config, params, prompts, lengths = setup
   rc = _rc()

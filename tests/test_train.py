@@ -59,6 +59,9 @@ def _final_params(workdir):
 def test_end_to_end_outputs(tmp_path):
   results = pipeline.train_and_evaluate(small_config(), str(tmp_path))
   assert set(results) == {"base", "score"}
+  assert results["score"]["checkpoint"] == {"rule": "final", "step": 5}
+  saved = json.load(open(tmp_path / "eval" / "eval.json"))
+  assert saved["score"]["checkpoint"]["step"] == 5  # eval.json names the evaluated step.
   for r in results.values():
     assert set(evaluation_keys := ("acc_t1", "acc_t2", "delta", "delta_i_to_c",
                                    "delta_c_to_i", "changed_answer_rate")) <= set(r["metrics"])

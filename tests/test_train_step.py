@@ -141,6 +141,24 @@ def test_baseline_objectives_run(setup, name):
   assert np.isfinite(hist[0]["loss"]) and hist[0]["grad_norm"] > 0
 
 
+def test_offline_first_rows_get_no_first_attempt_gradient_in_the_step(setup):
+  # naive_sum (alpha = 0): dropping group 0's y1 term equals giving its y1s one constant r1.
+  config, batch = setup
+  params, ref = random_params(config, 0), random_params(config, 1)
+  offline = {**batch, "offline_first": np.array([1, 1, 0, 0], np.float32)}
+  flat_r1 = {**batch, "rewards": batch["rewards"].copy()}
+  flat_r1["rewards"][0, :2] = 0.0
+  final = {}
+  for name, b in (("offline", offline), ("flat_r1", flat_r1), ("on_policy", batch)):
+    state, _ = _run(config, jax.tree.map(jnp.copy, params), ref, b, _obj("naive_sum"))
+    final[name] = jax.device_get(state["params"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               final["offline"], final["flat_r1"])
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), final["offline"],
+                       final["on_policy"])
+  assert max(jax.tree.leaves(moved)) > 1e-4  # the dropped term was not zero to begin with.
+
+
 def test_objective_config_errors():
   with pytest.raises(ValueError, match="unknown objective 'stage3'"):
     _obj("stage3")

@@ -96,7 +96,7 @@ def test_tuning_pipeline_runs_on_validation_then_seeds_at_the_chosen_rate(tmp_pa
     assert len(json.load(open(run / "eval" / "eval.json"))["score"]["correct"][0]) == 6
   check = json.load(open(tune / "seed9" / "base" / "regime_check.json"))
   assert check["problems"] == 6 and set(check["met"]) == set(check["values"])
-  assert check["sampled"]["episodes"] == 4 * 6
+  assert check["sampled"]["episodes"] == 4 * 6 and len(check["base_params_sha256"]) == 64
   chosen = miniature.select_learning_rates(str(tune / "seed9"), ["naive_r2"], [1e-4, 3e-4])
   lr = chosen["naive_r2"]["learning_rate"]
   miniature.run_all(config, str(tmp_path), seeds=[0, 1], methods=["naive_r2"], rl_steps=2,
@@ -114,3 +114,15 @@ def test_tuning_pipeline_runs_on_validation_then_seeds_at_the_chosen_rate(tmp_pa
   assert (archive / "seed1" / "naive_r2" / "metrics.jsonl").exists()
   assert not (archive / "seed1" / "base" / "warmstart").exists()  # never checkpoints
   assert summary.write(str(archive), ["naive_r2"]) == text.replace(str(tmp_path), str(archive))
+
+
+def test_base_fingerprint_is_bit_exact_and_order_free():
+  import numpy as np
+  from score_jax.experiments import regime
+  a = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": {"s": np.ones(3, np.float32)}}
+  same = {"n": {"s": np.ones(3, np.float32)}, "w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  assert regime.params_sha256(a) == regime.params_sha256(same)
+  flipped = {**a, "w": a["w"].copy()}
+  flipped["w"].view(np.uint32)[0, 0] ^= 1  # one bit of one weight
+  assert regime.params_sha256(flipped) != regime.params_sha256(a)
+  assert regime.params_sha256({**a, "w": a["w"].astype(np.float64)}) != regime.params_sha256(a)

@@ -151,6 +151,20 @@ def _git_commit() -> str:
     return "unknown"
 
 
+def _machine() -> str:
+  """CPU model and its bf16 matrix features: XLA:CPU's numerics can differ across machines,
+  so every run records where it ran (a seed's runs must share one bit-exact base)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = f.read()
+  except OSError:
+    return "cpu=unknown"
+  model = next((l.split(":", 1)[1].strip() for l in info.splitlines()
+                if l.startswith("model name")), "unknown")
+  flags = [x for x in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f" {x}" in info]
+  return f"cpu={model.replace(' ', '_')} flags={','.join(flags)}"
+
+
 def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
             methods: Sequence[str], rl_steps: int, learning_rates: dict[str, float] | None = None,
             split: str | None = None, lr_suffix: Sequence[float] = (),
@@ -183,7 +197,7 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
     config = run_config(base, method, seed, rl_steps, lr, split)
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "commits.txt"), "a") as f:  # one line per (re)start.
-      f.write(f"{_git_commit()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+      f.write(f"{_git_commit()} {time.strftime('%Y-%m-%dT%H:%M:%S')} {_machine()}\n")
     pipeline.train_and_evaluate(config, run_dir)
     if method == "base" and config.task.get("num_validation", 0):
       check = regime.check(config, run_dir)

@@ -10,6 +10,7 @@ the validation problems, never the test set, from the warm-start checkpoint alon
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any
@@ -52,6 +53,18 @@ def sampled_metrics(run: train.Run, params, examples, *, seed: int, repeats: int
   return out
 
 
+def params_sha256(params) -> str:
+  """Bit-exact fingerprint of a params pytree (leaf paths, dtypes and bytes): a base model
+  re-created in a later session (possibly on another CPU) is the same iff this matches."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(multihost.fetch(params))[0],
+                           key=lambda kv: jax.tree_util.keystr(kv[0])):
+    x = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{x.dtype}:{x.shape}".encode())
+    digest.update(np.ascontiguousarray(x).tobytes())
+  return digest.hexdigest()
+
+
 def check(config: ml_collections.ConfigDict, run_dir: str, *, repeats: int = 4) -> dict[str, Any]:
   """Measures the run's warm-started base on the validation split; writes regime_check.json."""
   config = ml_collections.ConfigDict(config.to_dict())
@@ -71,7 +84,8 @@ def check(config: ml_collections.ConfigDict, run_dir: str, *, repeats: int = 4) 
             "sampled_right_among_changed": sampled["right_among_changed"]}
   result = {"values": values, "criteria": CRITERIA,
             "met": {k: bool(lo <= values[k] <= hi) for k, (lo, hi) in CRITERIA.items()},
-            "greedy": greedy, "sampled": sampled, "problems": len(examples)}
+            "greedy": greedy, "sampled": sampled, "problems": len(examples),
+            "base_params_sha256": params_sha256(base)}
   result["all_met"] = all(result["met"].values())
   with open(os.path.join(run_dir, "regime_check.json"), "w") as f:
     json.dump(result, f, indent=1)

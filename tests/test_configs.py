@@ -56,7 +56,8 @@ def test_sft_baseline_optimizer_uses_the_resolved_learning_rate(monkeypatch):
     raise Stop
 
   monkeypatch.setattr(baselines.optax, "adam", adam)
-  monkeypatch.setattr(baselines.sharding, "shard_params", lambda params, mesh: params)
+  # No model to place: the phase's setup hands the params through (full fine-tuning).
+  monkeypatch.setattr(train, "lora_setup", lambda run, base: (None, lambda p: p, None, base))
   run = types.SimpleNamespace(config=config, mesh=types.SimpleNamespace(
       shape={"data": 1, "fsdp": 1, "tensor": 1}))
   with pytest.raises(Stop):

@@ -156,7 +156,10 @@ def test_top_k_top_p_stay_in_support_and_logprobs_stay_untempered(models):
       probs /= probs.sum()
       nucleus = order[np.cumsum(probs) - probs < top_p]
       assert tok in nucleus
-      np.testing.assert_allclose(logp, jax.nn.log_softmax(lg_v)[tok], atol=1e-5)
+      # The sampler's decode path (unrolled layers, [out, in] weight copies, cached K/V) sums
+      # in another order than the teacher-forced forward: fp32 rounding of logits ~O(10).
+      # Measured max 1.4e-5 on an AMD avx512 CPU (<= 1e-5 on the AVX2 one); bound 3e-5.
+      np.testing.assert_allclose(logp, jax.nn.log_softmax(lg_v)[tok], atol=3e-5)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from score_jax import (baselines, lora, metrics as metrics_lib, model, pipeline,
                        tasks, train, train_step)
 from score_jax.model import checkpoints
 from tests.test_train import small_config
-from tests.utils import random_params
+from tests.utils import hand_stage2_loss, random_params
 
 E, L, K = 4, 12, 2
 ALL = r"embedder/input_embedding|" + lora.DEFAULT_TARGETS
@@ -196,24 +196,6 @@ def test_only_adapters_train_and_kl_starts_at_zero(batch):
   assert {x.shape for x in jax.tree.leaves(state["opt_state"]) if x.ndim} <= factor_shapes
 
 
-def _stage2_loss(config, params, ref, batch, alpha=10.0, beta1=0.01):
-  """Stage II written out from the spec: hand RLOO (k=2), log_softmax, exact KL sums."""
-  r1, r2 = batch["rewards"]
-  big_r2 = r2 + alpha * (r2 - r1)
-  loo = lambda r: r - r.reshape(-1, K)[:, ::-1].reshape(-1)
-  adv = np.stack([loo(r1), loo(big_r2)])
-  tokens = jnp.asarray(batch["tokens"])
-  logp = jax.nn.log_softmax(model.logits(config, params, tokens), -1)
-  logq = jax.nn.log_softmax(model.logits(config, ref, tokens), -1)
-  tok_lp = jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], -1)[..., 0]
-  kl = jnp.sum(jnp.exp(logp) * (logp - logq), -1)[:, :-1]
-  total = 0.0
-  for a in range(2):
-    m = batch["loss_mask"][a][:, 1:]
-    total += -jnp.mean(adv[a] * jnp.sum(tok_lp * m, -1)) + beta1 * jnp.mean(jnp.sum(kl * m, -1))
-  return total
-
-
 def test_lora_stage2_step_is_the_chain_rule_through_the_merged_weights(batch):
   config = _config()
   base = random_params(config, 0)
@@ -223,7 +205,8 @@ def test_lora_stage2_step_is_the_chain_rule_through_the_merged_weights(batch):
   # The gradient w.r.t. each merged weight W, then projected onto A and B by hand:
   # W_s = W0_s + c A_s B_s  =>  dL/dA_s = c G_s B_s^T,  dL/dB_s = c A_s^T G_s.
   grad_w = traverse_util.flatten_dict(
-      jax.grad(lambda p: _stage2_loss(config, p, base, batch))(merged), sep="/")
+      jax.grad(lambda p: hand_stage2_loss(config, p, base, batch, alpha=10.0, beta1=0.01))(
+          merged), sep="/")
   factors = traverse_util.flatten_dict(jax.device_get(adapters.factors), sep="/")
   c = alpha / rank
   expected = {}

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from score_jax import losses, model, sft, sharding, train_step
-from tests.utils import random_params
+from tests.utils import hand_stage2_loss, random_params
 
 E, L, K = 4, 12, 2
 
@@ -78,25 +78,8 @@ def test_stage1_ignores_first_attempt_rewards(setup):
 
 def _manual_stage2_grads(config, params, ref, batch, alpha, beta1):
   """Independent composition: hand advantages, log_softmax, explicit KL sum."""
-  r1, r2 = batch["rewards"]
-  big_r2 = r2 + alpha * (r2 - r1)
-  loo = lambda r: r - r.reshape(-1, K)[:, ::-1].reshape(-1)  # k=2: the other episode
-  adv = np.stack([loo(r1), loo(big_r2)])
-  tokens = jnp.asarray(batch["tokens"])
-
-  def loss(p):
-    logp = jax.nn.log_softmax(model.logits(config, p, tokens), -1)
-    logq = jax.nn.log_softmax(model.logits(config, ref, tokens), -1)
-    tok_lp = jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], -1)[..., 0]
-    kl = jnp.sum(jnp.exp(logp) * (logp - logq), -1)[:, :-1]
-    total = 0.0
-    for a in range(2):
-      m = batch["loss_mask"][a][:, 1:]
-      total += -jnp.mean(adv[a] * jnp.sum(tok_lp * m, -1)) + beta1 * jnp.mean(
-          jnp.sum(kl * m, -1))
-    return total
-
-  return jax.grad(loss)(params)
+  return jax.grad(lambda p: hand_stage2_loss(config, p, ref, batch, alpha=alpha, beta1=beta1,
+                                             k=K))(params)
 
 
 def test_stage2_step_matches_independent_gradient(setup):

@@ -233,11 +233,10 @@ def plot_edit_distance(rows: dict[str, list[dict]], methods: Sequence[str], path
 def write(workdir: str, order: Sequence[str]) -> str:
   """Writes results.md, curves.png and edit_distance.png into workdir; returns the markdown."""
   rows = collect(workdir)
-  plot_curves(workdir, [m for m in ("naive_r2", "naive_sum", "score") if m in rows],
-              os.path.join(workdir, "curves.png"))  # the paper's Fig. 5/6 analogue.
+  curve_methods = [m for m in ("naive_r2", "naive_sum", "score") if m in rows]
+  plot_curves(workdir, curve_methods, os.path.join(workdir, "curves.png"))  # Fig. 5/6 analogue.
   plot_edit_distance(rows, ["base", "self_refine", *order], os.path.join(workdir, "edit_distance.png"))
   walls = [_load(p)["seconds"] for p in glob.glob(os.path.join(workdir, "seed*", "*", "wall_time.json"))]
-  curve_methods = [m for m in ("naive_r2", "naive_sum", "score") if m in rows]
   text = (f"## Ours (greedy evaluation, %, mean ± std over seeds)\n\n"
           f"{results_table(rows, ['base', 'self_refine', *order])}\n\n"
           f"Mean [95% bootstrap interval over seeds]:\n\n"

@@ -33,6 +33,15 @@ def _prompts(vocab: int, lengths=PROMPT_LENGTHS, seed: int = 0) -> list[list[int
   return [rng.integers(1, vocab, size=n).tolist() for n in lengths]
 
 
+def _sample_at_temperature_1(config, params):
+  """(prompts, sampler output, new tokens per row) of the standard prompts, key 3."""
+  prompts = _prompts(config.vocab_size)
+  tokens, lengths = sampling.pad_prompts(prompts)
+  settings = sampling.SamplingConfig(max_new_tokens=MAX_NEW, temperature=1.0)
+  out = sampling.sample(config, params, tokens, lengths, jax.random.key(3), settings=settings)
+  return prompts, out, [row.tolist() for row in np.asarray(out.tokens)]
+
+
 def _right_padded(seqs: list[list[int]], width: int) -> jnp.ndarray:
   out = np.zeros((len(seqs), width), np.int32)
   for row, seq in enumerate(seqs):
@@ -82,11 +91,7 @@ def test_logprobs_equal_training_forward_with_softcaps(models):
   # A milder final norm than `models`: fp32 round-off grows with the logits' size
   # (|logits| <= 3.3 here; 1e-5 is ~20 ulp of them), while the cap still matters.
   params = random_params(config, 0, 1.0)
-  prompts = _prompts(config.vocab_size)
-  tokens, lengths = sampling.pad_prompts(prompts)
-  settings = sampling.SamplingConfig(max_new_tokens=MAX_NEW, temperature=1.0)
-  out = sampling.sample(config, params, tokens, lengths, jax.random.key(3), settings=settings)
-  new = [row.tolist() for row in np.asarray(out.tokens)]
+  prompts, out, new = _sample_at_temperature_1(config, params)
   logits = _teacher_forced_logits(config, params, prompts, new)
   want = np.stack([np.take_along_axis(np.asarray(jax.nn.log_softmax(lg)),
                                       np.asarray(t)[:, None], 1)[:, 0]
@@ -121,11 +126,7 @@ def test_bf16_sampler_logprobs_equal_bf16_training_forward(name):
     return
   c16 = model.get_config(name, dtype="bfloat16")
   params = random_params(c16, 0, 1.0)
-  prompts = _prompts(c16.vocab_size)
-  tokens, lengths = sampling.pad_prompts(prompts)
-  settings = sampling.SamplingConfig(max_new_tokens=MAX_NEW, temperature=1.0)
-  out = sampling.sample(c16, params, tokens, lengths, jax.random.key(3), settings=settings)
-  new = [row.tolist() for row in np.asarray(out.tokens)]
+  prompts, out, new = _sample_at_temperature_1(c16, params)
 
   def teacher_forced(config):
     return np.stack([np.take_along_axis(np.asarray(jax.nn.log_softmax(lg)),

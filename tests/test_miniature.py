@@ -126,3 +126,45 @@ def test_base_fingerprint_is_bit_exact_and_order_free():
   flipped["w"].view(np.uint32)[0, 0] ^= 1  # one bit of one weight
   assert regime.params_sha256(flipped) != regime.params_sha256(a)
   assert regime.params_sha256({**a, "w": a["w"].astype(np.float64)}) != regime.params_sha256(a)
+
+
+def test_a_new_machine_resumes_from_the_archive_and_reruns_a_seed_whose_base_differs(tmp_path,
+                                                                                    capsys):
+  config = small_config()
+  config.mesh_shape = (-1, 1, 1)
+  config.task.num_validation = 6  # the base run fingerprints its params in regime_check.json
+  archive = tmp_path / "archive"
+  miniature.run_all(config, str(tmp_path / "old"), seeds=[0], methods=["naive_r2"], rl_steps=1,
+                    archive=str(archive))
+  assert (archive / "seed0" / "base" / "tokenizer.model").exists()
+  # A fresh workdir (a new session's machine) with one more method: the finished runs are
+  # restored, the base checkpoint is re-created and verified bit for bit, only star runs.
+  capsys.readouterr()
+  new = tmp_path / "new"
+  miniature.run_all(config, str(new), seeds=[0], methods=["naive_r2", "star"], rl_steps=1,
+                    archive=str(archive))
+  out = capsys.readouterr().out
+  assert out.count("done, skipped") == 2 and "re-creating the base checkpoint" in out
+  assert (new / "seed0" / "base" / "warmstart").is_dir()
+  assert not (new / "seed0" / "base.rebuild").exists()
+  assert "star" in json.load(open(new / "seed0" / "star" / "eval" / "eval.json"))
+  sha = json.load(open(archive / "seed0" / "base" / "regime_check.json"))["base_params_sha256"]
+  assert f"base={sha[:16]}" in open(new / "seed0" / "star" / "commits.txt").read()
+  # A recorded fingerprint that the re-created base does not match: the seed starts over.
+  check_path = archive / "seed0" / "base" / "regime_check.json"
+  check = json.load(open(check_path))
+  check["base_params_sha256"] = "0" * 64
+  json.dump(check, open(check_path, "w"))
+  capsys.readouterr()
+  third = tmp_path / "third"
+  miniature.run_all(config, str(third), seeds=[0], methods=["naive_sum"], rl_steps=1,
+                    archive=str(archive))
+  out = capsys.readouterr().out
+  assert "differs from the recorded fingerprint" in out and "seed 0 base: running" in out
+  (moved,) = os.listdir(archive / "superseded")
+  assert "rerun from scratch" in open(archive / "superseded" / moved / "REASON.txt").read()
+  assert json.load(open(third / "seed0" / "base" / "regime_check.json"))[
+      "base_params_sha256"] == sha  # the rerun base, fingerprinted again
+  assert (archive / "seed0" / "naive_sum" / "eval" / "eval.json").exists()
+  assert not (archive / "seed0" / "naive_r2").exists()  # moved aside with the old base
+  assert (archive / "superseded" / moved / "naive_r2" / "eval" / "eval.json").exists()

@@ -128,7 +128,7 @@ def _seed_from_base(base_dir: str, workdir: str) -> None:
 # The small files of a finished run that are committed (never checkpoints): enough to rebuild
 # every table and plot with --summarize_only on the archive.
 ARCHIVED = ("eval/eval.json", "eval/eval.txt", "metrics.jsonl", "config.json", "wall_time.json",
-            "commits.txt", "regime_check.json")
+            "commits.txt", "regime_check.json", "tokenizer.model")
 
 
 def archive_run(workdir: str, run_dir: str, archive: str) -> None:
@@ -140,6 +140,84 @@ def archive_run(workdir: str, run_dir: str, archive: str) -> None:
       dst = os.path.join(archive, rel, name)
       os.makedirs(os.path.dirname(dst), exist_ok=True)
       shutil.copy(src, dst)
+
+
+def restore_from_archive(archive: str, workdir: str) -> int:
+  """Copies the archive's run files that `workdir` lacks into it (a new machine resumes an
+  experiment from its committed files: finished runs count as done); returns how many."""
+  copied = 0
+  for root, dirs, files in os.walk(archive):
+    dirs[:] = [d for d in dirs if d != "superseded"]
+    rel = os.path.relpath(root, archive)
+    if rel == "." or not rel.startswith(("seed", "tune")):
+      continue
+    for name in files:
+      dst = os.path.join(workdir, rel, name)
+      if not os.path.exists(dst):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy(os.path.join(root, name), dst)
+        copied += 1
+  return copied
+
+
+def _base_sha(base_dir: str) -> str | None:
+  path = os.path.join(base_dir, "regime_check.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get("base_params_sha256")
+
+
+def rebuild_base_checkpoint(config: ml_collections.ConfigDict, base_dir: str) -> bool:
+  """Re-creates a finished base run's warm-start checkpoint (restored from the archive, so
+  its eval and fingerprint exist but its checkpoint does not), in a scratch directory, and
+  moves it in only if the params are bit-identical to the recorded fingerprint (and the
+  tokenizer to the archived one). Returns False on a mismatch: the seed must start over."""
+  from score_jax import metrics as metrics_lib
+  from score_jax import train
+  from score_jax.experiments import regime
+
+  expected = _base_sha(base_dir)
+  if expected is None:
+    raise FileNotFoundError(f"{base_dir}/regime_check.json (the base fingerprint) is missing: "
+                            "the base checkpoint cannot be re-created verifiably; delete "
+                            f"{base_dir} to rerun the seed from scratch.")
+  scratch = base_dir.rstrip("/") + ".rebuild"  # kept on interruption: the warm-start resumes.
+  run = train.setup(ml_collections.ConfigDict(config.to_dict()), scratch)
+  writer = metrics_lib.MetricWriter(os.path.join(scratch, "logs"), tensorboard=False)
+  try:
+    params = train.run_warmstart(run, writer)
+  finally:
+    writer.close()
+  actual = regime.params_sha256(params)
+  tok_same = True
+  if os.path.exists(os.path.join(base_dir, "tokenizer.model")):
+    with open(os.path.join(base_dir, "tokenizer.model"), "rb") as a, \
+         open(os.path.join(scratch, "tokenizer.model"), "rb") as b:
+      tok_same = a.read() == b.read()
+  with open(os.path.join(base_dir, "rebuilds.txt"), "a") as f:  # the audit trail.
+    f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {_git_commit()} {_machine()} "
+            f"sha={actual} expected={expected} tokenizer_same={tok_same}\n")
+  if actual != expected or not tok_same:
+    return False
+  shutil.move(os.path.join(scratch, "warmstart"), os.path.join(base_dir, "warmstart"))
+  shutil.copy(os.path.join(scratch, "tokenizer.model"), os.path.join(base_dir, "tokenizer.model"))
+  shutil.rmtree(scratch)
+  return True
+
+
+def supersede_seed(workdir: str, seed: int, archive: str | None, reason: str) -> None:
+  """Moves a seed's runs aside (in the workdir and the archive), with the reason, so the
+  seed reruns from scratch: a seed's runs must share one bit-exact base model."""
+  stamp = time.strftime("%Y%m%dT%H%M%S")
+  for root in filter(None, [workdir, archive]):
+    src = os.path.join(root, f"seed{seed}")
+    if os.path.exists(src):
+      dst = os.path.join(root, "superseded", f"seed{seed}-{stamp}")
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.move(src, dst)
+      with open(os.path.join(dst, "REASON.txt"), "w") as f:
+        f.write(reason + "\n")
 
 
 def _git_commit() -> str:
@@ -180,24 +258,46 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
 
   variants = [(m, lr) for m in methods for lr in lr_suffix] if lr_suffix else [
       (m, (learning_rates or {}).get(m)) for m in methods]
+  if archive and os.path.isdir(archive):
+    restored = restore_from_archive(archive, workdir)
+    if restored:
+      print(f"restored {restored} files of finished runs from {archive}", flush=True)
   jobs = [(seed, m, lr) for seed in seeds for m, lr in [("base", None), *variants]]
-  for i, (seed, method, lr) in enumerate(jobs):
+  i = 0
+  while i < len(jobs):
+    seed, method, lr = jobs[i]
     name = f"{method}@{lr_name(lr)}" if lr_suffix and method != "base" else method
     run_dir = os.path.join(workdir, f"seed{seed}", name)
+    base_dir = os.path.join(workdir, f"seed{seed}", "base")
     label = f"[{i + 1}/{len(jobs)}] seed {seed} {name}"
+    i += 1
     if os.path.exists(os.path.join(run_dir, "eval", "eval.json")):
       print(f"{label}: done, skipped", flush=True)
       if archive:
         archive_run(workdir, run_dir, archive)
       continue
+    if method != "base" and not os.path.exists(os.path.join(base_dir, "warmstart")) and \
+        os.path.exists(os.path.join(base_dir, "eval", "eval.json")):
+      print(f"{label}: re-creating the base checkpoint (finished on another machine)", flush=True)
+      if not rebuild_base_checkpoint(run_config(base, "base", seed, rl_steps, None, split),
+                                     base_dir):
+        reason = (f"the base re-created on {_machine()} at {_git_commit()} differs from the "
+                  f"recorded fingerprint {_base_sha(base_dir)} (see base/rebuilds.txt); the "
+                  "seed's runs were moved here and rerun from scratch on one base.")
+        print(f"{label}: {reason}", flush=True)
+        supersede_seed(workdir, seed, archive, reason)
+        i = next(j for j, job in enumerate(jobs) if job[0] == seed)  # this seed's base.
+        continue
     print(f"{label}: running in {run_dir}", flush=True)
     t0 = time.time()
     if method != "base":
-      _seed_from_base(os.path.join(workdir, f"seed{seed}", "base"), run_dir)
+      _seed_from_base(base_dir, run_dir)
     config = run_config(base, method, seed, rl_steps, lr, split)
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "commits.txt"), "a") as f:  # one line per (re)start.
-      f.write(f"{_git_commit()} {time.strftime('%Y-%m-%dT%H:%M:%S')} {_machine()}\n")
+      sha = _base_sha(base_dir) if method != "base" else None
+      f.write(f"{_git_commit()} {time.strftime('%Y-%m-%dT%H:%M:%S')} {_machine()}"
+              + (f" base={sha[:16]}" if sha else "") + "\n")
     pipeline.train_and_evaluate(config, run_dir)
     if method == "base" and config.task.get("num_validation", 0):
       check = regime.check(config, run_dir)

@@ -168,3 +168,31 @@ def test_a_new_machine_resumes_from_the_archive_and_reruns_a_seed_whose_base_dif
   assert (archive / "seed0" / "naive_sum" / "eval" / "eval.json").exists()
   assert not (archive / "seed0" / "naive_r2").exists()  # moved aside with the old base
   assert (archive / "superseded" / moved / "naive_r2" / "eval" / "eval.json").exists()
+
+
+def _worker(workdir, log):  # module level: a spawned process runs it.
+  import contextlib
+  config = small_config()
+  config.mesh_shape = (-1, 1, 1)
+  with open(log, "w") as f, contextlib.redirect_stdout(f):
+    miniature.run_all(config, workdir, seeds=[0, 1], methods=["naive_r2"], rl_steps=1)
+
+
+def test_two_workers_share_the_jobs_and_each_returns_when_all_are_done(tmp_path):
+  import multiprocessing
+
+  ctx = multiprocessing.get_context("spawn")  # the same command twice, as in a real study.
+  logs = [str(tmp_path / f"worker{w}.log") for w in (0, 1)]
+  workers = [ctx.Process(target=_worker, args=(str(tmp_path / "runs"), log)) for log in logs]
+  for w in workers:
+    w.start()
+  for w in workers:
+    w.join(timeout=900)
+  out = [open(log).read() for log in logs]
+  assert [w.exitcode for w in workers] == [0, 0], out
+  for seed in (0, 1):
+    for name in ("base", "naive_r2"):
+      commits = open(tmp_path / "runs" / f"seed{seed}" / name / "commits.txt").read()
+      assert len(commits.splitlines()) == 1, (seed, name, out)  # run once, by one worker
+  ran = [text.count(": running in ") for text in out]
+  assert sum(ran) == 4 and min(ran) >= 1, out

@@ -24,6 +24,8 @@ curves and the histograms from the run directories.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -263,33 +265,14 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
     if restored:
       print(f"restored {restored} files of finished runs from {archive}", flush=True)
   jobs = [(seed, m, lr) for seed in seeds for m, lr in [("base", None), *variants]]
-  i = 0
-  while i < len(jobs):
-    seed, method, lr = jobs[i]
-    name = f"{method}@{lr_name(lr)}" if lr_suffix and method != "base" else method
-    run_dir = os.path.join(workdir, f"seed{seed}", name)
-    base_dir = os.path.join(workdir, f"seed{seed}", "base")
-    label = f"[{i + 1}/{len(jobs)}] seed {seed} {name}"
-    i += 1
-    if os.path.exists(os.path.join(run_dir, "eval", "eval.json")):
-      print(f"{label}: done, skipped", flush=True)
-      if archive:
-        archive_run(workdir, run_dir, archive)
-      continue
-    if method != "base" and not os.path.exists(os.path.join(base_dir, "warmstart")) and \
-        os.path.exists(os.path.join(base_dir, "eval", "eval.json")):
-      print(f"{label}: re-creating the base checkpoint (finished on another machine)", flush=True)
-      if not rebuild_base_checkpoint(run_config(base, "base", seed, rl_steps, None, split),
-                                     base_dir):
-        reason = (f"the base re-created on {_machine()} at {_git_commit()} differs from the "
-                  f"recorded fingerprint {_base_sha(base_dir)} (see base/rebuilds.txt); the "
-                  "seed's runs were moved here and rerun from scratch on one base.")
-        print(f"{label}: {reason}", flush=True)
-        supersede_seed(workdir, seed, archive, reason)
-        i = next(j for j, job in enumerate(jobs) if job[0] == seed)  # this seed's base.
-        continue
+
+  def done(run_dir: str) -> bool:
+    return os.path.exists(os.path.join(run_dir, "eval", "eval.json"))
+
+  def execute(seed: int, method: str, lr: float | None, run_dir: str, label: str) -> None:
     print(f"{label}: running in {run_dir}", flush=True)
     t0 = time.time()
+    base_dir = os.path.join(workdir, f"seed{seed}", "base")
     if method != "base":
       _seed_from_base(base_dir, run_dir)
     config = run_config(base, method, seed, rl_steps, lr, split)
@@ -306,6 +289,75 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
       json.dump({"seconds": time.time() - t0, "commit": _git_commit()}, f)
     if archive:
       archive_run(workdir, run_dir, archive)
+
+  def ensure_base(seed: int, label: str, wait: bool) -> str:
+    """The seed's base run finished and its checkpoint present, under the base's lock:
+    "ok"; "busy": another worker holds it (wait=False); "superseded": the re-created base
+    differed from the recorded one, the seed's runs were moved aside."""
+    base_dir = os.path.join(workdir, f"seed{seed}", "base")
+    if done(base_dir) and os.path.exists(os.path.join(base_dir, "warmstart")):
+      return "ok"
+    with _lock(base_dir, wait=wait) as claimed:
+      if not claimed:
+        return "busy"
+      if not done(base_dir):
+        execute(seed, "base", None, base_dir, label.rsplit(" ", 1)[0] + " base")
+      elif not os.path.exists(os.path.join(base_dir, "warmstart")):
+        print(f"{label}: re-creating the base checkpoint (finished on another machine)",
+              flush=True)
+        if not rebuild_base_checkpoint(run_config(base, "base", seed, rl_steps, None, split),
+                                       base_dir):
+          reason = (f"the base re-created on {_machine()} at {_git_commit()} differs from the "
+                    f"recorded fingerprint {_base_sha(base_dir)} (see base/rebuilds.txt); the "
+                    "seed's runs were moved here and rerun from scratch on one base.")
+          print(f"{label}: {reason}", flush=True)
+          supersede_seed(workdir, seed, archive, reason)
+          return "superseded"
+    return "ok"
+
+  # Several workers (processes running this same command) share the jobs: a run is claimed
+  # by a lock file; a job another worker holds is passed over, and waited for at the end.
+  i, elsewhere = 0, []
+  while i < len(jobs) or elsewhere:
+    wait = i >= len(jobs)
+    seed, method, lr = jobs[i] if not wait else elsewhere.pop(0)
+    name = f"{method}@{lr_name(lr)}" if lr_suffix and method != "base" else method
+    run_dir = os.path.join(workdir, f"seed{seed}", name)
+    label = f"[{jobs.index((seed, method, lr)) + 1}/{len(jobs)}] seed {seed} {name}"
+    i += not wait
+    if done(run_dir):  # a base's checkpoint is checked when a method needs it.
+      print(f"{label}: done, skipped", flush=True)
+      if archive:
+        archive_run(workdir, run_dir, archive)
+      continue
+    with _lock(run_dir, wait=wait) if method != "base" else contextlib.nullcontext(True) \
+        as claimed:
+      state = ensure_base(seed, label, wait) if claimed else "busy"
+      if state == "busy":
+        print(f"{label}: claimed by another worker, passed over", flush=True)
+        elsewhere.append((seed, method, lr))
+      elif state == "superseded":
+        i = next(j for j, job in enumerate(jobs) if job[0] == seed)  # the seed starts over.
+        elsewhere = [job for job in elsewhere if job[0] != seed]
+      elif method != "base" and not done(run_dir):
+        execute(seed, method, lr, run_dir, label)
+
+
+@contextlib.contextmanager
+def _lock(run_dir: str, *, wait: bool):
+  """An exclusive lock on `<run_dir>.lock` (released when the process dies); yields whether
+  it was taken (always, with wait=True)."""
+  os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+  with open(run_dir.rstrip("/") + ".lock", "w") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+      yield False
+      return
+    try:
+      yield True
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def main(argv) -> None:

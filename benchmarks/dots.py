@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_jax import hostinfo
+
 # name -> (einsum, lhs shape, rhs shape): the forward x·w, then the two backward shapes.
 SHAPES = {
     "2048^3": ("mk,kn->mn", (2048, 2048), (2048, 2048)),
@@ -86,12 +88,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   if args.reps < 1:
     parser.error(f"--reps must be >= 1, got {args.reps}.")
   rows = bench(QUICK if args.quick else SHAPES, 2 if args.quick else args.reps, args.threads)
-  with open("/proc/cpuinfo", encoding="utf-8") as f:
-    info = f.read()
-  model_name = next((l.split(":", 1)[1].strip() for l in info.splitlines()
-                     if l.startswith("model name")), "?")
-  flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in info]
-  print(f"GFLOP/s; CPU {model_name}, bf16 flags {flags or 'none'}, jax {jax.__version__}")
+  print(f"GFLOP/s; CPU {hostinfo.describe()}, jax {jax.__version__}")
   print(markdown(rows))
   return rows
 

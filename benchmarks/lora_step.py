@@ -13,6 +13,11 @@ the jitted merge the sampler needs once per LoRA step.
   python -m benchmarks.lora_step                          # the demo model
   python -m benchmarks.lora_step --config gemma3-270m --episodes 4 --length 64 --reps 2
   python -m benchmarks.lora_step --quick                  # a smoke run (tiny model)
+  python -m benchmarks.lora_step --config gemma3-270m --episodes 4 --length 64 --reps 2 \
+      --dtypes float32,bfloat16                           # + bf16 compute (fp32 masters)
+
+--dtypes: compute dtype(s); the first one's rows are "full" and "lora", a further one's
+"full_<dtype>" and "lora_<dtype>" (same params, same batch, same process).
 
 Measured (2026-12, AMD EPYC, 2 cores shared with other jobs: load ~12, so wall times are
 inflated; CPU seconds are the comparison), rank 8, alpha 16, default targets, fp32,
@@ -29,6 +34,7 @@ logits_chunk 32, Stage II, one device:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -37,7 +43,7 @@ import jax
 import numpy as np
 import optax
 
-from score_jax import lora, losses, model, sft, sharding, train_step
+from score_jax import hostinfo, lora, losses, model, sft, sharding, train_step
 
 CONFIGS = {
     "demo": lambda: model.get_config(  # configs/demo.py's model (vocab ~ its tokenizer's).
@@ -97,16 +103,26 @@ def main(argv=None):
   parser.add_argument("--rank", type=int, default=8)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--logits_chunk", type=int, default=32)
+  parser.add_argument("--dtypes", default="float32",
+                      help="compute dtype(s), comma-separated: float32, bfloat16")
   parser.add_argument("--quick", action="store_true", help="a smoke run: tiny model, seconds")
   args = parser.parse_args(argv)
+  dtypes = args.dtypes.split(",")
+  if not dtypes or set(dtypes) - {"float32", "bfloat16"}:
+    parser.error(f"--dtypes must name float32 and/or bfloat16, got {args.dtypes!r}.")
   if args.quick:
     args.config, args.episodes, args.length, args.rank, args.reps = "tiny", 4, 32, 2, 1
   config = CONFIGS[args.config]()
   params = model.init_params(config, jax.random.key(0))
   adapters = lora.init(config, jax.random.key(1), rank=args.rank, alpha=2.0 * args.rank)
   batch = _batch(config, args.episodes, args.length, args.k)
-  rows = {"full": measure(config, params, params, batch, args.k, args.reps, args.logits_chunk),
-          "lora": measure(config, params, adapters, batch, args.k, args.reps, args.logits_chunk)}
+  rows = {}
+  for i, dtype in enumerate(dtypes):
+    at = dataclasses.replace(config, dtype=dtype)  # params stay fp32: master weights
+    suffix = "" if i == 0 else f"_{dtype}"
+    for mode, trained in (("full", params), ("lora", adapters)):
+      rows[mode + suffix] = {"dtype": dtype, **measure(at, params, trained, batch, args.k,
+                                                       args.reps, args.logits_chunk)}
   merge = jax.jit(lambda p, a: lora.merge(config, p, a))
   jax.block_until_ready(merge(params, adapters))
   t0, c0 = time.perf_counter(), time.process_time()
@@ -114,7 +130,8 @@ def main(argv=None):
   rows["lora"].update(merge_s=time.perf_counter() - t0, merge_cpu_s=time.process_time() - c0)
   result = {"config": args.config, "params": config.num_params(),
             "adapter_params": sum(x.size for x in jax.tree.leaves(adapters)),
-            "episodes": args.episodes, "length": args.length, "rank": args.rank, **rows}
+            "episodes": args.episodes, "length": args.length, "rank": args.rank,
+            "cpu": hostinfo.describe(), **rows}
   print(json.dumps(result, indent=1))
   return result
 

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import model, sampling
+from score_jax import hostinfo, model, sampling
 from score_jax.model import checkpoints
 
 # OpenMP's default busy-waiting makes multi-threaded torch stall for seconds when other
@@ -141,7 +141,7 @@ class _Hf:
     return out[:, prompts_bp.shape[1]:].numpy()
 
 
-def _compare(name: str, ours_bn: np.ndarray, other_bn: np.ndarray) -> dict[str, Any]:
+def compare(name: str, ours_bn: np.ndarray, other_bn: np.ndarray) -> dict[str, Any]:
   """Rows of `other` equal to ours (over other's length), and the first differing step."""
   ours_bn = ours_bn[:, :other_bn.shape[1]]
   same_b = (ours_bn == other_bn).all(axis=1)
@@ -219,10 +219,10 @@ def bench_case(config: model.ModelConfig, params: model.Params, hf: _Hf, batch: 
 
   ours_tokens = np.asarray(outputs["ours_full"].tokens)
   naive_tokens = np.asarray(outputs["naive"])[:, p:p + naive_steps]
-  checks = {"naive": _compare("naive", ours_tokens, naive_tokens)}
+  checks = {"naive": compare("naive", ours_tokens, naive_tokens)}
   hf_names = [f"hf_{cache}_t{threads}" for cache, threads in args.hf_variants]
   for name in hf_names:
-    checks[name] = _compare(name, ours_tokens, outputs[f"{name}_full"])
+    checks[name] = compare(name, ours_tokens, outputs[f"{name}_full"])
 
   def rates(full: float, one: float) -> dict[str, float]:
     return {"generate_tok_s": batch * m / full, "prefill_tok_s": batch * p / one,
@@ -276,7 +276,7 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def machine() -> dict[str, Any]:
   """The machine a run measured on: CPUs, processor, JAX devices, load average at the start."""
-  return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+  return {"cpus": os.cpu_count(), "processor": hostinfo.describe(),
           "jax_devices": [str(d) for d in jax.devices()], "loadavg_start": os.getloadavg()}
 
 
@@ -290,7 +290,7 @@ def write_results(results: dict[str, Any], out: str | None) -> None:
     print(json.dumps(results, indent=1))
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
   import jaxlib
   import torch
   import transformers
@@ -352,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "command": " ".join(["python -m benchmarks.sampler", *argv]),
       "machine": {**machine(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
                   "torch_imported_first": _TORCH_PREIMPORTED},
-      "versions": _versions(), "configs": {}}
+      "versions": versions(), "configs": {}}
   for name in args.configs:
     config = CONFIGS[name]()
     params = benchmark_params(config, args.seed)

@@ -65,7 +65,7 @@ class Harness:
     self.ref = jax.tree.map(jnp.copy, sharding.shard_params(params, run.mesh))
     self.state = sft.init_train_state(params, opt, run.mesh)
     self.step_fn = train_step.make_rl_step(run.model_config, opt,
-                                           train._objective(run, "stage2"), self.state,
+                                           train.objective_config(run, "stage2"), self.state,
                                            self.ref, run.mesh)
     self.ckpt = checkpoint.Checkpointer(workdir, save_every=1, keep=2)
     self.step = 0

@@ -28,6 +28,14 @@ tests/test_torch_score_step.py checks its value and gradient norm against
   python -m benchmarks.torch_score_step --ab_trim 32          # + ours on trimmed episodes
   python -m benchmarks.torch_score_step --model gemma2-91m    # sampler.py's larger layout
   python -m benchmarks.torch_score_step --quick               # a smoke run
+  python -m benchmarks.torch_score_step --model gemma2-91m --dtype bfloat16
+
+--dtype bfloat16: both systems compute in bf16 over fp32 master weights (the optimizer's
+copy). Ours: `model.dtype="bfloat16"` (bf16 dot operands, fp32 accumulation, bf16 KV cache
+and decode weight copies). Torch: the same fp32 modules under `torch.autocast("cpu",
+bfloat16)` for generate and for the loss's forwards (autocast caches each weight's bf16
+cast for the length of one generate call, the analogue of our decode copies); softmax,
+log-probs and the loss in fp32, backward and Adam on the fp32 params.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ import optax  # noqa: E402
 
 from benchmarks import sampler, score_step  # noqa: E402
 from configs import demo  # noqa: E402
-from score_jax import model, sft, sharding, train, train_step  # noqa: E402
+from score_jax import hostinfo, model, sft, sharding, train, train_step  # noqa: E402
 from score_jax.model import checkpoints  # noqa: E402
 
 PHASES = ("sample", "verify", "update")
@@ -157,11 +165,17 @@ def build_episodes(x1: Sequence[Sequence[int]], y1: Sequence[Sequence[int]],
 
 
 class TorchScore:
-  """The PyTorch SCoRe Stage II step on a `train.Run`'s problems, tokenizer and settings."""
+  """The PyTorch SCoRe Stage II step on a `train.Run`'s problems, tokenizer and settings.
 
-  def __init__(self, run: train.Run, params: model.Params, threads: int):
+  dtype "bfloat16": fp32 modules run under CPU autocast to bf16 (see the module doc).
+  """
+
+  def __init__(self, run: train.Run, params: model.Params, threads: int,
+               dtype: str = "float32"):
     import torch
     self.torch, self.run = torch, run
+    self.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16,
+                                           enabled=dtype == "bfloat16")
     torch.set_num_threads(threads)
     torch.manual_seed(run.config.seed)
     self.policy = load_torch_model(run.model_config, params).train()
@@ -180,7 +194,7 @@ class TorchScore:
     for i, c in enumerate(contexts):  # left padding, as decoder-only generate expects
       ids[i, width - len(c):] = torch.tensor(c)
       attention[i, width - len(c):] = 1
-    with torch.no_grad():
+    with torch.no_grad(), self.autocast():
       out = self.policy.generate(
           ids, attention_mask=attention, do_sample=True, temperature=rl.temperature, top_k=0,
           top_p=1.0, max_new_tokens=rl.max_new_tokens, eos_token_id=list(self.run.stop_tokens),
@@ -215,10 +229,11 @@ class TorchScore:
     rewards = run.task.rewards(texts, golds * 2).reshape(2, -1)
     t2 = time.perf_counter()
     self.policy.train()
-    loss, _ = stage_loss(self.policy, self.ref, torch.from_numpy(tokens), torch.from_numpy(mask),
-                         torch.from_numpy(rewards), stage="stage2",
-                         samples_per_prompt=cfg.samples_per_prompt, alpha=cfg.alpha,
-                         beta1=cfg.beta1, beta2=cfg.beta2)
+    with self.autocast():  # the forwards; stage_loss takes log-probs in fp32
+      loss, _ = stage_loss(self.policy, self.ref, torch.from_numpy(tokens), torch.from_numpy(mask),
+                           torch.from_numpy(rewards), stage="stage2",
+                           samples_per_prompt=cfg.samples_per_prompt, alpha=cfg.alpha,
+                           beta1=cfg.beta1, beta2=cfg.beta2)
     self.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
@@ -256,7 +271,7 @@ class OursScore:
     self.run, self.trim = run, trim
     self.ref = jax.tree.map(jnp.copy, sharding.shard_params(params, run.mesh))
     self.state = sft.init_train_state(params, opt, run.mesh)
-    self.step_fn = train_step.make_rl_step(run.model_config, opt, train._objective(run, "stage2"),
+    self.step_fn = train_step.make_rl_step(run.model_config, opt, train.objective_config(run, "stage2"),
                                            self.state, self.ref, run.mesh)
 
   def one_step(self, step: int) -> dict[str, float]:
@@ -287,6 +302,7 @@ def make_config(args: argparse.Namespace):
     c.model.update({f: getattr(layout, f) for f in (
         "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "ffw_hidden",
         "sliding_window", "query_pre_attn_scalar")})
+  c.model.dtype = args.dtype  # compute; params (the optimizer's master copy) stay fp32
   return c
 
 
@@ -299,7 +315,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     # Varied continuations (sampler.py): init_params' zero norm scales make a model that
     # repeats its last token, which no real base model does.
     params = sampler.benchmark_params(run.model_config, args.seed)
-    systems = {"torch": TorchScore(run, params, args.torch_threads), "ours": OursScore(run, params)}
+    systems = {"torch": TorchScore(run, params, args.torch_threads, args.dtype),
+               "ours": OursScore(run, params)}
     if args.ab_trim:
       systems["ours_trim"] = OursScore(run, params, trim=args.ab_trim)
     first = {name: s.one_step(0) for name, s in systems.items()}  # compiles, warms caches
@@ -319,13 +336,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
   speedup = {k: med["torch"][k] / med["ours"][k] for k in (*PHASES, "step")}
   return {"command": " ".join(["python -m benchmarks.torch_score_step", *args.argv]),
           "model": repr(run.model_config), "params": run.model_config.num_params(),
-          "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
+          "dtype": args.dtype, "prompts": args.prompts, "samples": args.samples,
+          "new_tokens": args.new_tokens,
           "episodes": episodes, "median_s": med, "speedup_torch_over_ours": speedup,
           "first_step_s": first, "times_s": times,
           "load_before_after": [args.load, os.getloadavg()],
-          "cpus": os.cpu_count(), "torch_threads": args.torch_threads,
+          "cpus": os.cpu_count(), "cpu": hostinfo.describe(), "torch_threads": args.torch_threads,
           "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
-          "torch_imported_first": _TORCH_PREIMPORTED, "versions": sampler._versions()}
+          "torch_imported_first": _TORCH_PREIMPORTED, "versions": sampler.versions()}
 
 
 def markdown_table(r: dict[str, Any]) -> str:
@@ -363,6 +381,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--ab_trim", type=int, default=0,
                       help="also time ours with the update's episodes cut after the last "
                       "generated token, rounded up to this multiple (an A/B; 0 = off)")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="compute dtype of both systems (master weights stay fp32)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quick", action="store_true",
                       help="smoke run: d 32 model, 4 prompts x 2, 8 new tokens, 1 rep")
@@ -382,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   result = bench(args)
   print(result["command"])
   print(f"{result['params'] / 1e6:.2f}M params, {result['episodes']} episodes/step, "
-        f"load average {result['load_before_after']}, {result['cpus']} CPUs, "
+        f"load average {result['load_before_after']}, {result['cpus']} CPUs ({result['cpu']}), "
         f"{args.torch_threads} torch threads")
   print(markdown_table(result))
   if args.out:

@@ -47,7 +47,7 @@ import numpy as np
 import optax
 
 from benchmarks import flops as flops_lib, trace_summary
-from score_jax import model, sft, sharding, train_step
+from score_jax import hostinfo, model, sft, sharding, train_step
 
 
 # tiny: the test preset; demo: configs/demo.py's model at the SCoRe step benchmark's batch
@@ -241,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
       print(f"{name} {dtype}: step {r['step_s']:.3f} s, MFU {r['mfu']:.1%}, "
             f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
   print("python -m benchmarks.train_step " + " ".join(argv))
-  print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, {jax.devices()[0].platform}")
+  print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs ({hostinfo.describe()}), "
+        f"{jax.devices()[0].platform}")
   print(markdown_table(rows))
   for r in rows:
     for key, summary in r["traces"].items():

@@ -233,13 +233,13 @@ def bench_case(config: model.ModelConfig, params: model.Params, tunix_gemma_mode
     systems["ours_stored"] = rates(med["ours_stored_full"], med["ours_one"])
   ratios = {f"{k.split('_')[0]}_vs_tunix": systems["ours"][k] / systems["tunix"][k]
             for k in systems["ours"]}
-  tokens = {"full": hf_bench._compare("tunix", outputs["ours_full"], outputs["tunix_full"]),
-            "one": hf_bench._compare("tunix (1 token)", outputs["ours_one"],
+  tokens = {"full": hf_bench.compare("tunix", outputs["ours_full"], outputs["tunix_full"]),
+            "one": hf_bench.compare("tunix (1 token)", outputs["ours_one"],
                                      outputs["tunix_one"])}
   if args.stored_layout:
     ratios["stored_decode_vs_tunix"] = (systems["ours_stored"]["decode_tok_s"]
                                         / systems["tunix"]["decode_tok_s"])
-    tokens["stored"] = hf_bench._compare("ours, stored layout", outputs["ours_full"],
+    tokens["stored"] = hf_bench.compare("ours, stored layout", outputs["ours_full"],
                                          outputs["ours_stored_full"])
   return {"batch": batch, "prompt_len": p, "new_tokens": m, "systems": systems,
           "ratios": ratios, "median_s": med, "times_s": times, "compile_s": compile_s,

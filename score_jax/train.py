@@ -218,7 +218,8 @@ _ADAPTIVE_BETA2_KEYS = ("adaptive_beta2", "beta2_target_ratio", "beta2_gain", "b
                         "beta2_max")
 
 
-def _objective(run: Run, name: str) -> train_step.ObjectiveConfig:
+def objective_config(run: Run, name: str) -> train_step.ObjectiveConfig:
+  """The loss settings of objective `name` (stage1, stage2, naive_r2, …) from the run's config."""
   cfg = run.config.rl
   if cfg.temperature != 1.0:  # the loss differentiates log pi_theta at temperature 1.
     raise ValueError(
@@ -344,7 +345,7 @@ def run_rl(run: Run, base_params: model.Params,
                      "config to resume, or a new workdir.")
   if start and lora_meta:
     lora.check_resume(meta.get("lora"), lora_meta, ckpt.directory)
-  steps = {name: train_step.make_rl_step(run.model_config, opt, _objective(run, name), state,
+  steps = {name: train_step.make_rl_step(run.model_config, opt, objective_config(run, name), state,
                                          ref_params, run.mesh)
            for name in {name for name, _ in schedule}}
   stage_of = [name for name, n in schedule for _ in range(n)]

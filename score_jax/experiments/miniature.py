@@ -34,6 +34,9 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from score_jax import hostinfo
+
+
 def method_overrides(method: str, n: int) -> dict[str, object]:
   """Config overrides of a method for a budget of n RL updates (SCoRe: one third Stage I)."""
   s1 = n // 3
@@ -234,14 +237,7 @@ def _git_commit() -> str:
 def _machine() -> str:
   """CPU model and its bf16 matrix features: XLA:CPU's numerics can differ across machines,
   so every run records where it ran (a seed's runs must share one bit-exact base)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      info = f.read()
-  except OSError:
-    return "cpu=unknown"
-  model = next((l.split(":", 1)[1].strip() for l in info.splitlines()
-                if l.startswith("model name")), "unknown")
-  flags = [x for x in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f" {x}" in info]
+  model, flags = hostinfo.cpu()
   return f"cpu={model.replace(' ', '_')} flags={','.join(flags)}"
 
 

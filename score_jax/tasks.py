@@ -324,25 +324,31 @@ def make_reasoning_gym(cfg: ml_collections.ConfigDict) -> Task:
     task=dict(name="reasoning_gym", dataset="chain_sum",
               params=dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2),
               train_seed=1, eval_seed=2, num_train=2000, num_eval=256, instruction="",
-              turn1_instruction="math")
+              turn1_instruction="math", num_validation=0)
   `params` are the data set's config fields (reasoning-gym's *Config dataclass).
   turn1_instruction: "math" (MATH's, the default), "" (the bare Problem/Solution
   format: shorter episodes for a warm-started base model) or any other text.
+  num_validation (default 0): problems for eval.split="validation" (model selection before
+  any test-set number), drawn from the train seed after the train problems.
   """
   from absl import logging  # pylint: disable=g-import-not-at-top
   from score_jax.data import prompts, reasoning_gym_data  # pylint: disable=g-import-not-at-top
   from score_jax.rewards import math as math_reward  # pylint: disable=g-import-not-at-top
   params = cfg.get("params") or {}
   params = params.to_dict() if isinstance(params, ml_collections.ConfigDict) else dict(params)
-  train, evals, counts = reasoning_gym_data.make_splits(
-      cfg.dataset, params, cfg.train_seed, cfg.eval_seed, cfg.num_train, cfg.num_eval)
-  logging.info("reasoning-gym %s %s: %d train, %d eval problems; %s", cfg.dataset, params,
-               len(train), len(evals), counts)
+  # Validation problems come from the train seed after the train problems (the train set does
+  # not depend on num_validation); eval excludes both.
+  num_val = cfg.get("num_validation", 0)
+  drawn, evals, counts = reasoning_gym_data.make_splits(
+      cfg.dataset, params, cfg.train_seed, cfg.eval_seed, cfg.num_train + num_val, cfg.num_eval)
+  train, val = drawn[:cfg.num_train], drawn[cfg.num_train:]
+  logging.info("reasoning-gym %s %s: %d train, %d validation, %d eval problems; %s", cfg.dataset,
+               params, len(train), len(val), len(evals), counts)
   turn1 = cfg.get("turn1_instruction", "math")
   turn1 = prompts.MATH_TURN1_INSTRUCTION if turn1 == "math" else turn1
   to_example = lambda p: Example(id=p.id, prompt=prompts.math_turn1(p.question, turn1),
                                  gold=p.answer, solution=p.solution)
-  by_id = {p.id: p for p in (*train, *evals)}
+  by_id = {p.id: p for p in (*drawn, *evals)}
 
   def corrupt(example: Example, rng: np.random.Generator) -> str:
     return reasoning_gym_data.corrupt_solution(by_id[example.id], rng)
@@ -351,7 +357,7 @@ def make_reasoning_gym(cfg: ml_collections.ConfigDict) -> Task:
   return Task(name="reasoning_gym", train=tuple(map(to_example, train)),
               eval=tuple(map(to_example, evals)), instruction=prompts.MATH_TURN2_INSTRUCTION,
               reward=reward, answer=math_reward.extract_answer, corrupt=corrupt,
-              batch_reward=batch_reward)
+              batch_reward=batch_reward, validation=tuple(map(to_example, val)))
 
 
 def make_champ(cfg: ml_collections.ConfigDict) -> Task:

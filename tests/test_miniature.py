@@ -3,6 +3,7 @@
 import json
 import os
 
+import ml_collections
 import pytest
 
 from score_jax.experiments import miniature, summary
@@ -196,3 +197,21 @@ def test_two_workers_share_the_jobs_and_each_returns_when_all_are_done(tmp_path)
       assert len(commits.splitlines()) == 1, (seed, name, out)  # run once, by one worker
   ran = [text.count(": running in ") for text in out]
   assert sum(ran) == 4 and min(ran) >= 1, out
+
+
+def test_a_config_may_carry_its_own_regime_bounds_and_bad_ones_are_named():
+  from score_jax.experiments import regime  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict()
+  assert regime.criteria_of(c) == regime.CRITERIA
+  c.regime = ml_collections.ConfigDict(dict(greedy_acc_t1=(0.3, 0.6)))
+  assert regime.criteria_of(c) == {"greedy_acc_t1": (0.3, 0.6)}
+  c.regime = ml_collections.ConfigDict(dict(greedy_accuracy=(0.3, 0.6)))
+  with pytest.raises(ValueError, match="greedy_accuracy"):
+    regime.criteria_of(c)
+  c.regime = ml_collections.ConfigDict(dict(greedy_acc_t1=(0.6, 0.3)))
+  with pytest.raises(ValueError, match="low <= high"):
+    regime.criteria_of(c)
+  result = {"values": {"greedy_acc_t1": 0.45, "sampled_changed_answer_rate": 0.02},
+            "criteria": {"greedy_acc_t1": (0.3, 0.6)}, "met": {"greedy_acc_t1": True}}
+  assert regime.describe(result) == ("greedy_acc_t1 45.0% (ok [30, 60]), "
+                                     "sampled_changed_answer_rate 2.0%")

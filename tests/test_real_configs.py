@@ -215,7 +215,7 @@ def test_gemma3_270m_config_end_to_end_on_a_tiny_gguf(tmp_path):
   from configs import gemma3_270m_arith  # pylint: disable=g-import-not-at-top
   from score_jax.model import gguf as gguf_lib  # pylint: disable=g-import-not-at-top
   config = gemma3_270m_arith.get_config()
-  config.task.update(num_train=8, num_eval=2)
+  config.task.update(num_train=8, num_validation=3, num_eval=2)
   task = tasks.make_task(config.task)
   tok = tokenizer_lib.train_tokenizer(
       [ex.prompt for ex in task.train + task.eval] + [task.instruction] * 20, vocab_size=400)
@@ -234,3 +234,10 @@ def test_gemma3_270m_config_end_to_end_on_a_tiny_gguf(tmp_path):
   assert [r["rl/stage"] for r in _rl_records(workdir)] == ["stage1", "stage2"]
   exported_config, _ = checkpoints.load_hf(str(workdir / "export" / "hf"))
   assert exported_config == model_config
+  # The pre-RL regime check reuses the finished warm-start and measures on validation only.
+  from score_jax.experiments import regime  # pylint: disable=g-import-not-at-top
+  check = regime.check(config, str(workdir), repeats=1)
+  assert check["criteria"] == {"greedy_acc_t1": (0.3, 0.6), "sampled_changed_answer_rate": (0.05, 1.0)}
+  assert check["problems"] == 3 and set(check["met"]) == set(check["criteria"])
+  assert check["sampled"]["episodes"] == 3.0 and (workdir / "regime_check.json").is_file()
+  assert all(0.0 <= v <= 1.0 for v in check["values"].values() if v == v)  # nan: none changed.

@@ -118,3 +118,20 @@ def test_make_task_reasoning_gym():
   assert [e.prompt for e in bare.train] == [
       "Problem:\n" + e.prompt.split("Problem:\n", 1)[1] for e in task.train]
   assert bare.instruction == "Check it."
+
+
+def test_reasoning_gym_validation_is_disjoint_and_leaves_train_unchanged():
+  cfg = ml_collections.ConfigDict(dict(
+      name="reasoning_gym", dataset="chain_sum", params={"max_terms": 3}, train_seed=1,
+      eval_seed=2, num_train=30, num_eval=20, instruction=""))
+  plain = tasks.make_task(cfg)
+  cfg.num_validation = 15
+  task = tasks.make_task(cfg)
+  assert len(plain.validation) == 0 and len(task.validation) == 15
+  assert [e.prompt for e in task.train] == [e.prompt for e in plain.train]
+  train, val, evals = ({e.prompt for e in s} for s in (task.train, task.validation, task.eval))
+  assert len(val) == 15 and not (val & train) and not (val & evals) and not (train & evals)
+  assert tasks.eval_examples(task, "validation") == task.validation
+  ex = task.validation[0]
+  assert task.answer(ex.solution) == ex.gold and task.rewards([ex.solution], [ex.gold])[0] == 1.0
+  assert task.corrupt(ex, np.random.default_rng(0)) != ex.solution

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from score_jax import sharding
+from score_jax.model import contract
 from score_jax.model.config import ModelConfig
 
 Params = dict[str, Any]
@@ -62,8 +63,16 @@ def _contract(eq: str, x: jax.Array, w: jax.Array, dt) -> jax.Array:
   in fp32 (a bf16 -> bf16 dot is slower than fp32 on CPU, BENCHMARKS.md). In fp32
   the casts are no-ops and the dot is the plain fp32 one.
   """
-  return jnp.einsum(eq, x.astype(dt), w.astype(dt),
-                    preferred_element_type=jnp.float32).astype(dt)
+  return _contract_f32(eq, x, w, dt).astype(dt)
+
+
+def _contract_f32(eq: str, x: jax.Array, w: jax.Array, dt) -> jax.Array:
+  """`_contract` before the cast: the fp32 result (attention scores, logits). bf16 operands go
+  through contract.einsum, whose backward dots are the row-major kind XLA:CPU runs fast."""
+  x, w = x.astype(dt), w.astype(dt)
+  if dt == jnp.float32:
+    return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32)
+  return contract.einsum(eq, x, w)
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> Params:
@@ -198,8 +207,7 @@ def _attention(config: ModelConfig, p: Params, x_btd, q_pos_bt, layer_cache, k_p
     new_cache = {"k": keys, "v": values}
 
   q_btkgh = q_btnh.reshape(b, t, k_heads, g, config.head_dim)
-  logits_bkgts = jnp.einsum(f"BTKGH,{k_axes}->BKGTS", q_btkgh, keys.astype(dt),
-                            preferred_element_type=jnp.float32)
+  logits_bkgts = _contract_f32(f"BTKGH,{k_axes}->BKGTS", q_btkgh, keys, dt)
   logits_bkgts = softcap(logits_bkgts, config.attn_logit_softcap)
   mask_bts = attention_mask(q_pos_bt, k_pos_bs, consts["window"])
   logits_bkgts = jnp.where(mask_bts[:, None, None], logits_bkgts, _MASKED)
@@ -359,9 +367,7 @@ def logits_from_hidden(config: ModelConfig, params: Params, h_btd: jax.Array) ->
   """Tied output projection (compute-dtype operands, fp32 accumulation), then Gemma 2's
   final soft-cap: float32 [B, T, V]."""
   dt = _dtype(config)
-  logits_btv = jnp.einsum("BTD,VD->BTV", h_btd.astype(dt),
-                          params["embedder"]["input_embedding"].astype(dt),
-                          preferred_element_type=jnp.float32)
+  logits_btv = _contract_f32("BTD,VD->BTV", h_btd, params["embedder"]["input_embedding"], dt)
   logits_btv = sharding.constrain(logits_btv, ("batch", None, "vocab"))
   return softcap(logits_btv, config.final_logit_softcap)
 

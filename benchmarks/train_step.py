@@ -27,19 +27,30 @@ be a shape or sharding leak).
 --dtypes: the compute dtype(s) (master weights stay fp32), one row each in the same
 process; for bfloat16 the peak matmuls are the bf16 roofline (bf16 operands, fp32
 accumulation: `preferred_element_type=float32`, as the model's dots).
+
+--backwards row_major,autodiff: for bfloat16, an A/B of the backward's dots in the same
+process: row_major is the model's own (`score_jax.model.contract.einsum`: cotangents as
+row-major dots over physically transposed operands), autodiff replaces it, while the step
+is traced, by plain `jnp.einsum(..., preferred_element_type=float32)`, whose autodiff dots
+contract other dimensions and miss XLA:CPU's bf16 kernels (BENCHMARKS.md).
+
+  python -m benchmarks.train_step --configs gemma2-91m --dtypes bfloat16 \
+      --backwards row_major,autodiff --reps 4
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +59,7 @@ import optax
 
 from benchmarks import flops as flops_lib, trace_summary
 from score_jax import hostinfo, model, sft, sharding, train_step
+from score_jax.model import contract
 
 
 # tiny: the test preset; demo: configs/demo.py's model at the SCoRe step benchmark's batch
@@ -77,6 +89,18 @@ class CompileCounter:
     del duration, kwargs
     if self.active and event == "/jax/core/compile/backend_compile_duration":
       self.count += 1
+
+
+@contextlib.contextmanager
+def backward_of(kind: str) -> Iterator[None]:
+  """The bf16 contractions' backward while a step is traced: the model's row-major VJP, or
+  jnp.einsum's own autodiff (the A/B baseline)."""
+  if kind == "row_major":
+    yield
+    return
+  plain = lambda eq, a, b: jnp.einsum(eq, a, b, preferred_element_type=jnp.float32)
+  with mock.patch.object(contract, "einsum", plain):
+    yield
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -123,7 +147,7 @@ def build(config: model.ModelConfig, episodes: int, length: int, chunk: int, see
 
 
 def bench_config(name: str, args: argparse.Namespace, counter: CompileCounter,
-                 dtype: str = "float32") -> dict[str, Any]:
+                 dtype: str = "float32", backward: str = "row_major") -> dict[str, Any]:
   config = CONFIGS[name](remat=args.remat, dtype=dtype)
   episodes, length = args.shape or SHAPES[name]
   matmuls = peak_matmuls(config, episodes, length, args.logits_chunk)
@@ -131,7 +155,8 @@ def bench_config(name: str, args: argparse.Namespace, counter: CompileCounter,
     _timed(fn)  # compile + warm up
   step, state, ref, batch = build(config, episodes, length, args.logits_chunk, args.seed)
   t0 = time.perf_counter()
-  state, metrics = step(state, ref, batch)  # compiles
+  with backward_of(backward):  # the step is traced (and compiled) here, once.
+    state, metrics = step(state, ref, batch)
   loss = float(metrics["loss"])
   compile_s = time.perf_counter() - t0
   holder = {"state": state}
@@ -164,6 +189,7 @@ def bench_config(name: str, args: argparse.Namespace, counter: CompileCounter,
   return {
       "config": name, "params": config.num_params(), "episodes": episodes, "length": length,
       "logits_chunk": args.logits_chunk, "remat": config.remat, "dtype": config.dtype,
+      "backward": backward,
       "model_flops": count.model, "hardware_flops": count.hardware,
       "step_s": med["step"], "compile_s": compile_s, "peak_flops_s": peak,
       "peak_by_shape": peaks, "mfu": count.model / med["step"] / peak,
@@ -173,13 +199,13 @@ def bench_config(name: str, args: argparse.Namespace, counter: CompileCounter,
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-  lines = ["| config | compute | params | E x L | chunk | remat | model TFLOP | step s | GFLOP/s "
-           "| peak GFLOP/s (shape) | MFU | HFU | recompiles |",
-           "|---|---|---:|---|---:|---|---:|---:|---:|---|---:|---:|---:|"]
+  lines = ["| config | compute | backward | params | E x L | chunk | remat | model TFLOP "
+           "| step s | GFLOP/s | peak GFLOP/s (shape) | MFU | HFU | recompiles |",
+           "|---|---|---|---:|---|---:|---|---:|---:|---:|---|---:|---:|---:|"]
   for r in rows:
     shape = max(r["peak_by_shape"], key=r["peak_by_shape"].get).split()[0]
     lines.append(
-        f"| {r['config']} | {r['dtype']} | {r['params'] / 1e6:.1f}M "
+        f"| {r['config']} | {r['dtype']} | {r['backward']} | {r['params'] / 1e6:.1f}M "
         f"| {r['episodes']} x {r['length']} "
         f"| {r['logits_chunk']} | {'yes' if r['remat'] else 'no'} "
         f"| {r['model_flops'] / 1e12:.3f} | {r['step_s']:.3f} "
@@ -205,6 +231,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="also profile one step per config here and print its op-kind table")
   parser.add_argument("--dtypes", default="float32",
                       help="compute dtype(s), comma-separated: float32, bfloat16")
+  parser.add_argument("--backwards", default="row_major",
+                      help="bf16 backward(s), comma-separated: row_major (the model's), "
+                      "autodiff (jnp.einsum's; the A/B baseline); fp32 rows use row_major")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quick", action="store_true", help="smoke run: tiny, 4x32, 2 reps")
   parser.add_argument("--out", default="", help="write the JSON rows here")
@@ -215,6 +244,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   args.dtypes = args.dtypes.split(",")
   if set(args.dtypes) - {"float32", "bfloat16"}:
     parser.error(f"--dtypes must name float32 and/or bfloat16, got {args.dtypes}.")
+  args.backwards = args.backwards.split(",")
+  if set(args.backwards) - {"row_major", "autodiff"} or not args.backwards:
+    parser.error(f"--backwards must name row_major and/or autodiff, got {args.backwards}.")
+  if args.backwards != ["row_major"] and "bfloat16" not in args.dtypes:
+    parser.error("--backwards autodiff compares bf16 backwards; add --dtypes bfloat16 "
+                 "(fp32 contractions are jnp.einsum either way).")
   unknown = sorted(set(args.configs) - set(CONFIGS))
   if unknown:
     parser.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}.")
@@ -235,10 +270,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   counter = CompileCounter()
   rows = []
   for name in args.configs:
-    for dtype in args.dtypes:
-      rows.append(bench_config(name, args, counter, dtype))
+    runs = [(d, b) for d in args.dtypes
+            for b in (args.backwards if d == "bfloat16" else ["row_major"])]
+    for dtype, backward in runs:
+      rows.append(bench_config(name, args, counter, dtype, backward))
       r = rows[-1]
-      print(f"{name} {dtype}: step {r['step_s']:.3f} s, MFU {r['mfu']:.1%}, "
+      print(f"{name} {dtype} {backward}: step {r['step_s']:.3f} s, MFU {r['mfu']:.1%}, "
             f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
   print("python -m benchmarks.train_step " + " ".join(argv))
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs ({hostinfo.describe()}), "

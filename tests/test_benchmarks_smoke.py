@@ -79,7 +79,33 @@ def test_train_step_quick_reports_mfu_without_recompiles(capsys):
   assert row["model_flops"] == flops.rl_step_flops(
       train_step_bench.CONFIGS["tiny"](), 4, 32, 128).model
   assert len(row["times_s"]["step"]) == 2
-  assert "| tiny | float32 | 0.1M | 4 x 32 |" in capsys.readouterr().out
+  assert "| tiny | float32 | row_major | 0.1M | 4 x 32 |" in capsys.readouterr().out
+
+
+def test_train_step_backward_ab_swaps_the_models_bf16_backward_while_tracing():
+  import jax
+  import jax.numpy as jnp
+  from score_jax.model import contract, forward_hidden
+  config = train_step_bench.CONFIGS["tiny"](dtype="bfloat16")
+  params = train_step_bench.model.init_params(config, jax.random.key(0))
+  tokens_bt = jnp.ones((2, 8), jnp.int32)
+  positions_bt = jnp.broadcast_to(jnp.arange(8), (2, 8))
+  loss = lambda p: forward_hidden(config, p, tokens_bt, positions_bt)[0].astype(
+      jnp.float32).sum()
+  barriers = {}
+  for kind in ("row_major", "autodiff"):
+    with train_step_bench.backward_of(kind):
+      hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
+    barriers[kind] = hlo.count("optimization_barrier")
+  # The model's VJP forces each transposed operand through a barrier; jnp.einsum's has none.
+  assert barriers["row_major"] > 0 and barriers["autodiff"] == 0, barriers
+  assert contract.einsum.__module__ == contract.__name__  # the patch is undone afterwards
+  rows = train_step_bench.main(["--quick", "--dtypes", "bfloat16",
+                                "--backwards", "row_major,autodiff"])
+  assert [r["backward"] for r in rows] == ["row_major", "autodiff"]
+  assert rows[0]["loss"] == rows[1]["loss"]  # the same forward: only the backward differs
+  with pytest.raises(SystemExit):
+    train_step_bench.parse_args(["--backwards", "autodiff"])  # fp32 only: nothing to compare
 
 
 def test_score_step_quick_times_every_phase_on_both_meshes(tmp_path):

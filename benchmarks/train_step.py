@@ -245,7 +245,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if set(args.dtypes) - {"float32", "bfloat16"}:
     parser.error(f"--dtypes must name float32 and/or bfloat16, got {args.dtypes}.")
   args.backwards = args.backwards.split(",")
-  if set(args.backwards) - {"row_major", "autodiff"} or not args.backwards:
+  if set(args.backwards) - {"row_major", "autodiff"}:
     parser.error(f"--backwards must name row_major and/or autodiff, got {args.backwards}.")
   if args.backwards != ["row_major"] and "bfloat16" not in args.dtypes:
     parser.error("--backwards autodiff compares bf16 backwards; add --dtypes bfloat16 "

@@ -85,9 +85,9 @@ def test_train_step_quick_reports_mfu_without_recompiles(capsys):
 def test_train_step_backward_ab_swaps_the_models_bf16_backward_while_tracing():
   import jax
   import jax.numpy as jnp
-  from score_jax.model import contract, forward_hidden
+  from score_jax.model import contract, forward_hidden, init_params
   config = train_step_bench.CONFIGS["tiny"](dtype="bfloat16")
-  params = train_step_bench.model.init_params(config, jax.random.key(0))
+  params = init_params(config, jax.random.key(0))
   tokens_bt = jnp.ones((2, 8), jnp.int32)
   positions_bt = jnp.broadcast_to(jnp.arange(8), (2, 8))
   loss = lambda p: forward_hidden(config, p, tokens_bt, positions_bt)[0].astype(

@@ -43,12 +43,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   print(f"model: {run.model_config.num_params():,} params, vocab {run.tok.vocab_size}; "
         f"mesh {dict(run.mesh.shape)}; task {run.task.name}: {len(run.task.train)} train / "
         f"{len(run.task.validation)} validation / {len(run.task.eval)} test problems", flush=True)
+  seconds, mark = {}, [start]  # where the wall time went, per phase (printed at the end).
+
+  def lap(name: str) -> None:
+    now = time.time()
+    seconds[name] = seconds.get(name, 0.0) + now - mark[0]
+    mark[0] = now
+
+  lap("setup")
   base = train.run_warmstart(run, writer)
+  lap("warm-start")
   results = {}
   if config.eval.get("base", True):  # off when an experiment evaluates the shared base once.
     results["base"] = train.evaluate_params(run, base)
   if config.eval.get("self_refine", False):  # prompting baseline of the base model (method.md §6).
     results["self_refine"] = baselines.evaluate_self_refine(run, base)
+  lap("evaluation")
   if results:
     print(evaluation.format_table({k: r["metrics"] for k, r in results.items()}), flush=True)
   final = base
@@ -58,12 +68,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:  # STaR / Pair-SFT on the RL schedule's budget of steps.
       step, final = baselines.budget_steps(config), baselines.run_sft_baseline(run, base, writer,
                                                                                method)
+    lap("RL" if method == "score" else method)
     results[method] = train.evaluate_params(run, final)
+    lap("evaluation")
     results[method]["checkpoint"] = {"rule": config.eval.get("checkpoint", "final"),
                                      "step": step}
   export_dir = _export_dir(config, workdir)
   if export_dir:
     train.export_hf(run, final, export_dir)
+    lap("export")
   table = evaluation.format_table({name: r["metrics"] for name, r in results.items()})
   if jax.process_index() == 0:  # one writer on a shared workdir.
     evaluation.write_report(results, os.path.join(workdir, "eval"))
@@ -71,6 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   split = config.eval.get("split", "test")
   print(f"\nEvaluation on {len(tasks.eval_examples(run.task, split))} {split} problems (greedy, "
         f"%):\n{table}\n"
-        f"wall time {time.time() - start:.0f} s; results in {os.path.join(workdir, 'eval')}",
-        flush=True)
+        f"wall time {time.time() - start:.0f} s ("
+        + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
+        + f"); results in {os.path.join(workdir, 'eval')}", flush=True)
   return results

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,8 +57,14 @@ def _final_params(workdir):
   return steps[-1], ocp.StandardCheckpointer().restore(path)["params"]
 
 
-def test_end_to_end_outputs(tmp_path):
+def test_end_to_end_outputs(tmp_path, capsys):
   results = pipeline.train_and_evaluate(small_config(), str(tmp_path))
+  # The last line says where the wall time went, phase by phase, adding up to the total.
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  total, phases = re.fullmatch(r"wall time (\d+) s \((.*)\); results in .*", last).groups()
+  seconds = dict(re.fullmatch(r"(.+) (\d+) s", p).groups() for p in phases.split(", "))
+  assert list(seconds) == ["setup", "warm-start", "evaluation", "RL", "export"]
+  assert abs(sum(int(s) for s in seconds.values()) - int(total)) <= len(seconds)
   assert set(results) == {"base", "score"}
   assert results["score"]["checkpoint"] == {"rule": "final", "step": 5}
   saved = json.load(open(tmp_path / "eval" / "eval.json"))

@@ -6,7 +6,7 @@
 The task (score_jax/data/missing_operand.py): find the hidden first operand of a
 chain such as "?+7-4=12"; a response guesses, evaluates the chain with the guess and
 checks it against the target ("Try 8: 8+7=15, 15-4=11, 11-12=-1. Answer: 8"). The
-warm-start makes a base model that guesses right ~20% of the time and mostly repeats
+warm-start makes a base model that guesses right ~20-25% of the time and mostly repeats
 itself when asked to correct (a few of its warm-start second attempts fix the first,
 so wrong→right flips exist to be learned); SCoRe then teaches the second attempt to
 use the check. `--config.task.name=synthetic` runs the plain chains instead.
@@ -25,9 +25,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # A Gemma 2 layout (soft-caps, local/global layers, GQA) at toy size; vocab_size comes
   # from the tokenizer.
+  # bf16 compute over fp32 master weights, as a TPU runs: on CPUs with AMX the warm-start
+  # step is ~1.45x the fp32 one (BENCHMARKS.md), on CPUs without bf16 instructions the same
+  # speed; the demo's base and SCoRe's gain were re-measured with it (RESULTS.md, "The demo").
   c.model = ml_collections.ConfigDict(dict(
       preset="tiny", d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-      ffw_hidden=256, sliding_window=64, query_pre_attn_scalar=32.0, dtype="float32"))
+      ffw_hidden=256, sliding_window=64, query_pre_attn_scalar=32.0, dtype="bfloat16",
+      param_dtype="float32"))
 
   c.tokenizer = ml_collections.ConfigDict(dict(
       path="",  # a sentencepiece .model; empty = train one on the task's corpus.

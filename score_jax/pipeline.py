@@ -43,12 +43,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   print(f"model: {run.model_config.num_params():,} params, vocab {run.tok.vocab_size}; "
         f"mesh {dict(run.mesh.shape)}; task {run.task.name}: {len(run.task.train)} train / "
         f"{len(run.task.validation)} validation / {len(run.task.eval)} test problems", flush=True)
-  seconds, mark = {}, [start]  # where the wall time went, per phase (printed at the end).
+  seconds, mark = {}, start  # where the wall time went, per phase (printed at the end).
 
   def lap(name: str) -> None:
+    nonlocal mark
     now = time.time()
-    seconds[name] = seconds.get(name, 0.0) + now - mark[0]
-    mark[0] = now
+    seconds[name] = seconds.get(name, 0.0) + now - mark
+    mark = now
 
   lap("setup")
   base = train.run_warmstart(run, writer)

@@ -62,6 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
       offline_first_fraction=0.0,
       logits_chunk=128,  # positions per logits block in the loss (0: full [E, L, V] logits).
       freeze_embedding=False,  # True: the tied embedding gets no gradient and no update.
+      # Token-level truncated importance weights min(pi_theta / pi_sampler, cap) on the
+      # policy-gradient term: corrects only the sampler/trainer round-off (temperature 1).
+      importance_correction=False, importance_cap=2.0,
+      max_nonfinite_in_a_row=3,  # skipped non-finite updates in a row that stop the run.
       # Stage I adaptive beta2 (losses.adaptive_beta2): keep beta2 * KL_1 near
       # beta2_target_ratio x mean |A2 log pi(y2)|; beta2 above is its starting value.
       adaptive_beta2=False, beta2_target_ratio=1.0, beta2_gain=0.1, beta2_min=1e-3,

@@ -129,8 +129,8 @@ def test_base_fingerprint_is_bit_exact_and_order_free():
   assert regime.params_sha256({**a, "w": a["w"].astype(np.float64)}) != regime.params_sha256(a)
 
 
-def test_a_new_machine_resumes_from_the_archive_and_reruns_a_seed_whose_base_differs(tmp_path,
-                                                                                    capsys):
+def test_a_new_machine_resumes_from_the_archive_and_skips_or_reruns_a_seed_whose_base_differs(
+    tmp_path, capsys):
   config = small_config()
   config.mesh_shape = (-1, 1, 1)
   config.task.num_validation = 6  # the base run fingerprints its params in regime_check.json
@@ -151,15 +151,32 @@ def test_a_new_machine_resumes_from_the_archive_and_reruns_a_seed_whose_base_dif
   assert "star" in json.load(open(new / "seed0" / "star" / "eval" / "eval.json"))
   sha = json.load(open(archive / "seed0" / "base" / "regime_check.json"))["base_params_sha256"]
   assert f"base={sha[:16]}" in open(new / "seed0" / "star" / "commits.txt").read()
-  # A recorded fingerprint that the re-created base does not match: the seed starts over.
+  # A recorded fingerprint that the re-created base does not match (a base made on another
+  # CPU type). By default the seed is skipped here and its finished runs kept, with the
+  # failed try archived; another run on this machine type does not try again.
   check_path = archive / "seed0" / "base" / "regime_check.json"
   check = json.load(open(check_path))
   check["base_params_sha256"] = "0" * 64
   json.dump(check, open(check_path, "w"))
+  for attempt, workdir in enumerate([tmp_path / "skip1", tmp_path / "skip2"]):
+    capsys.readouterr()
+    miniature.run_all(config, str(workdir), seeds=[0], methods=["naive_r2", "naive_sum"],
+                      rl_steps=1, archive=str(archive))
+    out = capsys.readouterr().out
+    assert "differs from the recorded fingerprint" in out and "is skipped here" in out
+    assert ("re-creating the base checkpoint" in out) == (attempt == 0)
+    assert ("found by an earlier try on this machine type" in out) == (attempt == 1)
+    assert "running in" not in out and not (archive / "superseded").exists()
+    assert (archive / "seed0" / "naive_r2" / "eval" / "eval.json").exists()
+    assert not (archive / "seed0" / "naive_sum").exists()
+  matched, tried = open(archive / "seed0" / "base" / "rebuilds.txt").read().splitlines()
+  assert f"sha={sha} expected={sha}" in matched  # the earlier re-creation, archived too.
+  assert f"sha={sha} expected={'0' * 64}" in tried
+  # Asked to supersede: the seed's runs are moved aside and it starts over.
   capsys.readouterr()
   third = tmp_path / "third"
   miniature.run_all(config, str(third), seeds=[0], methods=["naive_sum"], rl_steps=1,
-                    archive=str(archive))
+                    archive=str(archive), on_base_mismatch="supersede")
   out = capsys.readouterr().out
   assert "differs from the recorded fingerprint" in out and "seed 0 base: running" in out
   (moved,) = os.listdir(archive / "superseded")

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from score_jax import hostinfo
+from score_jax.experiments import archive as archive_lib
 
 
 def method_overrides(method: str, n: int) -> dict[str, object]:
@@ -130,134 +130,29 @@ def _seed_from_base(base_dir: str, workdir: str) -> None:
       shutil.copy(src, dst)
 
 
-# The small files of a finished run that are committed (never checkpoints): enough to rebuild
-# every table and plot with --summarize_only on the archive.
-ARCHIVED = ("eval/eval.json", "eval/eval.txt", "metrics.jsonl", "config.json", "wall_time.json",
-            "commits.txt", "regime_check.json", "tokenizer.model")
-
-
-def archive_run(workdir: str, run_dir: str, archive: str) -> None:
-  """Copies run_dir's ARCHIVED files to the same relative place under `archive`."""
-  rel = os.path.relpath(run_dir, workdir)
-  for name in ARCHIVED:
-    src = os.path.join(run_dir, name)
-    if os.path.exists(src):
-      dst = os.path.join(archive, rel, name)
-      os.makedirs(os.path.dirname(dst), exist_ok=True)
-      shutil.copy(src, dst)
-
-
-def restore_from_archive(archive: str, workdir: str) -> int:
-  """Copies the archive's run files that `workdir` lacks into it (a new machine resumes an
-  experiment from its committed files: finished runs count as done); returns how many."""
-  copied = 0
-  for root, dirs, files in os.walk(archive):
-    dirs[:] = [d for d in dirs if d != "superseded"]
-    rel = os.path.relpath(root, archive)
-    if rel == "." or not rel.startswith(("seed", "tune")):
-      continue
-    for name in files:
-      dst = os.path.join(workdir, rel, name)
-      if not os.path.exists(dst):
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copy(os.path.join(root, name), dst)
-        copied += 1
-  return copied
-
-
-def _base_sha(base_dir: str) -> str | None:
-  path = os.path.join(base_dir, "regime_check.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f).get("base_params_sha256")
-
-
-def rebuild_base_checkpoint(config: ml_collections.ConfigDict, base_dir: str) -> bool:
-  """Re-creates a finished base run's warm-start checkpoint (restored from the archive, so
-  its eval and fingerprint exist but its checkpoint does not), in a scratch directory, and
-  moves it in only if the params are bit-identical to the recorded fingerprint (and the
-  tokenizer to the archived one). Returns False on a mismatch: the seed must start over."""
-  from score_jax import metrics as metrics_lib
-  from score_jax import train
-  from score_jax.experiments import regime
-
-  expected = _base_sha(base_dir)
-  if expected is None:
-    raise FileNotFoundError(f"{base_dir}/regime_check.json (the base fingerprint) is missing: "
-                            "the base checkpoint cannot be re-created verifiably; delete "
-                            f"{base_dir} to rerun the seed from scratch.")
-  scratch = base_dir.rstrip("/") + ".rebuild"  # kept on interruption: the warm-start resumes.
-  run = train.setup(ml_collections.ConfigDict(config.to_dict()), scratch)
-  writer = metrics_lib.MetricWriter(os.path.join(scratch, "logs"), tensorboard=False)
-  try:
-    params = train.run_warmstart(run, writer)
-  finally:
-    writer.close()
-  actual = regime.params_sha256(params)
-  tok_same = True
-  if os.path.exists(os.path.join(base_dir, "tokenizer.model")):
-    with open(os.path.join(base_dir, "tokenizer.model"), "rb") as a, \
-         open(os.path.join(scratch, "tokenizer.model"), "rb") as b:
-      tok_same = a.read() == b.read()
-  with open(os.path.join(base_dir, "rebuilds.txt"), "a") as f:  # the audit trail.
-    f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {_git_commit()} {_machine()} "
-            f"sha={actual} expected={expected} tokenizer_same={tok_same}\n")
-  if actual != expected or not tok_same:
-    return False
-  shutil.move(os.path.join(scratch, "warmstart"), os.path.join(base_dir, "warmstart"))
-  shutil.copy(os.path.join(scratch, "tokenizer.model"), os.path.join(base_dir, "tokenizer.model"))
-  shutil.rmtree(scratch)
-  return True
-
-
-def supersede_seed(workdir: str, seed: int, archive: str | None, reason: str) -> None:
-  """Moves a seed's runs aside (in the workdir and the archive), with the reason, so the
-  seed reruns from scratch: a seed's runs must share one bit-exact base model."""
-  stamp = time.strftime("%Y%m%dT%H%M%S")
-  for root in filter(None, [workdir, archive]):
-    src = os.path.join(root, f"seed{seed}")
-    if os.path.exists(src):
-      dst = os.path.join(root, "superseded", f"seed{seed}-{stamp}")
-      os.makedirs(os.path.dirname(dst), exist_ok=True)
-      shutil.move(src, dst)
-      with open(os.path.join(dst, "REASON.txt"), "w") as f:
-        f.write(reason + "\n")
-
-
-def _git_commit() -> str:
-  import subprocess
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-
-
-def _machine() -> str:
-  """CPU model and its bf16 matrix features: XLA:CPU's numerics can differ across machines,
-  so every run records where it ran (a seed's runs must share one bit-exact base)."""
-  model, flags = hostinfo.cpu()
-  return f"cpu={model.replace(' ', '_')} flags={','.join(flags)}"
-
-
 def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
             methods: Sequence[str], rl_steps: int, learning_rates: dict[str, float] | None = None,
             split: str | None = None, lr_suffix: Sequence[float] = (),
-            archive: str | None = None) -> None:
+            archive: str | None = None, on_base_mismatch: str = "skip") -> None:
   """Runs (or resumes) base + every method for every seed, in order, showing progress.
 
   learning_rates: method -> rate (the tuned ones); lr_suffix: run every method at each of
   these rates instead (the tuning grid, directories `<method>@lr<x>`); archive: a directory
-  that receives each finished run's small files (`archive_run`).
+  that receives each finished run's small files (`archive_run`). on_base_mismatch: a seed
+  whose base, re-created on this machine, differs from its recorded fingerprint (its runs
+  were made on another CPU type) is "skip"ped here, its runs kept for a machine that can
+  finish it, or "supersede"d: its runs are moved aside and it reruns from scratch.
   """
+  if on_base_mismatch not in archive_lib.BASE_MISMATCH:
+    raise ValueError(f"on_base_mismatch={on_base_mismatch!r}: use one of "
+                     f"{archive_lib.BASE_MISMATCH}.")
   from score_jax import pipeline  # heavy import (jax), kept out of summarize's path.
   from score_jax.experiments import regime
 
   variants = [(m, lr) for m in methods for lr in lr_suffix] if lr_suffix else [
       (m, (learning_rates or {}).get(m)) for m in methods]
   if archive and os.path.isdir(archive):
-    restored = restore_from_archive(archive, workdir)
+    restored = archive_lib.restore_from_archive(archive, workdir)
     if restored:
       print(f"restored {restored} files of finished runs from {archive}", flush=True)
   jobs = [(seed, m, lr) for seed in seeds for m, lr in [("base", None), *variants]]
@@ -274,22 +169,24 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
     config = run_config(base, method, seed, rl_steps, lr, split)
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "commits.txt"), "a") as f:  # one line per (re)start.
-      sha = _base_sha(base_dir) if method != "base" else None
-      f.write(f"{_git_commit()} {time.strftime('%Y-%m-%dT%H:%M:%S')} {_machine()}"
+      sha = archive_lib.base_sha(base_dir) if method != "base" else None
+      f.write(f"{archive_lib.git_commit()} {time.strftime('%Y-%m-%dT%H:%M:%S')} "
+              f"{archive_lib.machine()}"
               + (f" base={sha[:16]}" if sha else "") + "\n")
     pipeline.train_and_evaluate(config, run_dir)
     if method == "base" and config.task.get("num_validation", 0):
       check = regime.check(config, run_dir)
       print(f"{label}: regime check (validation, base model): {regime.describe(check)}", flush=True)
     with open(os.path.join(run_dir, "wall_time.json"), "w") as f:
-      json.dump({"seconds": time.time() - t0, "commit": _git_commit()}, f)
+      json.dump({"seconds": time.time() - t0, "commit": archive_lib.git_commit()}, f)
     if archive:
-      archive_run(workdir, run_dir, archive)
+      archive_lib.archive_run(workdir, run_dir, archive)
 
   def ensure_base(seed: int, label: str, wait: bool) -> str:
     """The seed's base run finished and its checkpoint present, under the base's lock:
     "ok"; "busy": another worker holds it (wait=False); "superseded": the re-created base
-    differed from the recorded one, the seed's runs were moved aside."""
+    differed from the recorded one, the seed's runs were moved aside; "skipped": it differed
+    (now, or in an earlier try on this machine type) and the seed is left for another machine."""
     base_dir = os.path.join(workdir, f"seed{seed}", "base")
     if done(base_dir) and os.path.exists(os.path.join(base_dir, "warmstart")):
       return "ok"
@@ -298,25 +195,46 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
         return "busy"
       if not done(base_dir):
         execute(seed, "base", None, base_dir, label.rsplit(" ", 1)[0] + " base")
-      elif not os.path.exists(os.path.join(base_dir, "warmstart")):
+        return "ok"
+      if os.path.exists(os.path.join(base_dir, "warmstart")):
+        return "ok"  # re-created by another worker meanwhile.
+      known = archive_lib.known_mismatch(base_dir)
+      if not known:
         print(f"{label}: re-creating the base checkpoint (finished on another machine)",
               flush=True)
-        if not rebuild_base_checkpoint(run_config(base, "base", seed, rl_steps, None, split),
-                                       base_dir):
-          reason = (f"the base re-created on {_machine()} at {_git_commit()} differs from the "
-                    f"recorded fingerprint {_base_sha(base_dir)} (see base/rebuilds.txt); the "
-                    "seed's runs were moved here and rerun from scratch on one base.")
-          print(f"{label}: {reason}", flush=True)
-          supersede_seed(workdir, seed, archive, reason)
-          return "superseded"
-    return "ok"
+        matched = archive_lib.rebuild_base_checkpoint(
+            run_config(base, "base", seed, rl_steps, None, split), base_dir)
+        if archive:
+          archive_lib.archive_run(workdir, base_dir, archive)  # rebuilds.txt, the audit trail.
+        if matched:
+          return "ok"
+      made_on = ""
+      if os.path.exists(os.path.join(base_dir, "commits.txt")):
+        with open(os.path.join(base_dir, "commits.txt")) as f:
+          made_on = f.readline().split(" ", 2)[-1].strip()
+      reason = (f"the base re-created on {archive_lib.machine()} at {archive_lib.git_commit()} "
+                f"differs from the recorded fingerprint {archive_lib.base_sha(base_dir)} (see "
+                f"base/rebuilds.txt; the base was made on {made_on or 'an unrecorded machine'})")
+      if on_base_mismatch == "skip":
+        earlier = ", found by an earlier try on this machine type" if known else ""
+        print(f"{label}: {reason}{earlier}; seed {seed} is skipped here and its runs kept: "
+              "finish it on that CPU type, or rerun it from scratch with "
+              "--on_base_mismatch=supersede.", flush=True)
+        return "skipped"
+      reason += "; the seed's runs were moved here and rerun from scratch on one base."
+      print(f"{label}: {reason}", flush=True)
+      archive_lib.supersede_seed(workdir, seed, archive, reason)
+      return "superseded"
 
   # Several workers (processes running this same command) share the jobs: a run is claimed
   # by a lock file; a job another worker holds is passed over, and waited for at the end.
-  i, elsewhere = 0, []
+  i, elsewhere, skipped = 0, [], set()
   while i < len(jobs) or elsewhere:
     wait = i >= len(jobs)
     seed, method, lr = jobs[i] if not wait else elsewhere.pop(0)
+    if seed in skipped:  # its base cannot be re-created on this machine.
+      i += not wait
+      continue
     name = f"{method}@{lr_name(lr)}" if lr_suffix and method != "base" else method
     run_dir = os.path.join(workdir, f"seed{seed}", name)
     label = f"[{jobs.index((seed, method, lr)) + 1}/{len(jobs)}] seed {seed} {name}"
@@ -324,7 +242,7 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
     if done(run_dir):  # a base's checkpoint is checked when a method needs it.
       print(f"{label}: done, skipped", flush=True)
       if archive:
-        archive_run(workdir, run_dir, archive)
+        archive_lib.archive_run(workdir, run_dir, archive)
       continue
     with _lock(run_dir, wait=wait) if method != "base" else contextlib.nullcontext(True) \
         as claimed:
@@ -332,6 +250,9 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
       if state == "busy":
         print(f"{label}: claimed by another worker, passed over", flush=True)
         elsewhere.append((seed, method, lr))
+      elif state == "skipped":
+        skipped.add(seed)
+        elsewhere = [job for job in elsewhere if job[0] != seed]
       elif state == "superseded":
         i = next(j for j, job in enumerate(jobs) if job[0] == seed)  # the seed starts over.
         elsewhere = [job for job in elsewhere if job[0] != seed]
@@ -375,7 +296,8 @@ def main(argv) -> None:
     tune_dir = os.path.join(_WORKDIR.value, "tune")
     if not _SUMMARIZE_ONLY.value:
       run_all(_CONFIG.value, tune_dir, [_TUNE_SEED.value], methods, rl_steps, split="validation",
-              lr_suffix=lrs, archive=archive and os.path.join(archive, "tune"))
+              lr_suffix=lrs, archive=archive and os.path.join(archive, "tune"),
+              on_base_mismatch=_ON_BASE_MISMATCH.value)
     selection = select_learning_rates(os.path.join(tune_dir, f"seed{_TUNE_SEED.value}"), methods,
                                       lrs)
     for directory in filter(None, [tune_dir, archive and os.path.join(archive, "tune")]):
@@ -388,7 +310,8 @@ def main(argv) -> None:
         f"{m} {lr:g}" for m, lr in selected.items()), flush=True)
   if not _SUMMARIZE_ONLY.value:
     run_all(_CONFIG.value, _WORKDIR.value, seeds, methods, rl_steps, learning_rates=selected,
-            split="test" if lrs else None, archive=archive)
+            split="test" if lrs else None, archive=archive,
+            on_base_mismatch=_ON_BASE_MISMATCH.value)
   print(summary.write(_WORKDIR.value, methods), flush=True)
   if archive:
     print(summary.write(archive, methods).splitlines()[0] + f" … also written to {archive}")
@@ -413,5 +336,10 @@ if __name__ == "__main__":
                                  "metrics, config; no checkpoints) here, e.g. docs/results/study/"
                                  "hard, and write the summary there too.")
   _SUMMARIZE_ONLY = flags.DEFINE_bool("summarize_only", False, "Only rewrite results.md and plots.")
+  _ON_BASE_MISMATCH = flags.DEFINE_enum(
+      "on_base_mismatch", "skip", archive_lib.BASE_MISMATCH, "A seed whose base, re-created "
+      "here, differs from its recorded fingerprint (made on another CPU type): skip it and "
+      "keep its runs for that machine, or supersede it (move its runs aside and rerun it from "
+      "scratch).")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)

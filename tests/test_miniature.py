@@ -216,6 +216,50 @@ def test_two_workers_share_the_jobs_and_each_returns_when_all_are_done(tmp_path)
   assert sum(ran) == 4 and min(ran) >= 1, out
 
 
+def test_a_worker_takes_a_free_job_before_blocking_on_one_another_worker_holds(tmp_path,
+                                                                               monkeypatch):
+  # The scheduling alone (runs faked), as it happened in a study: in the first pass every
+  # method was held (the seed's base was being made by the other worker); the worker then
+  # waits for `score` and runs it; meanwhile the other worker took naive_r2, and naive_sum is
+  # free. The worker must run naive_sum before it blocks waiting for naive_r2.
+  import contextlib
+  from score_jax import pipeline
+  workdir = tmp_path / "runs"
+  base = workdir / "seed0" / "base"
+  (base / "eval").mkdir(parents=True)
+  (base / "eval" / "eval.json").write_text("{}")
+  (base / "warmstart").mkdir()
+  (base / "tokenizer.model").write_bytes(b"")
+  events, held_once = [], {"score", "naive_sum"}
+
+  def finish(run_dir):
+    os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
+    open(os.path.join(run_dir, "eval", "eval.json"), "w").write("{}")
+
+  @contextlib.contextmanager
+  def fake_lock(run_dir, *, wait):
+    name = os.path.basename(run_dir.rstrip("/"))
+    if name == "naive_r2" and wait:
+      events.append("blocked on naive_r2")
+      finish(run_dir)  # the other worker finished it meanwhile.
+      yield True
+    elif not wait and (name == "naive_r2" or name in held_once):
+      held_once.discard(name)
+      yield False
+    else:
+      yield True
+
+  def fake_run(config, run_dir):
+    events.append(f"ran {os.path.basename(run_dir)}")
+    finish(run_dir)
+
+  monkeypatch.setattr(miniature, "_lock", fake_lock)
+  monkeypatch.setattr(pipeline, "train_and_evaluate", fake_run)
+  miniature.run_all(small_config(), str(workdir), seeds=[0],
+                    methods=["score", "naive_r2", "naive_sum"], rl_steps=1)
+  assert events == ["ran score", "ran naive_sum", "blocked on naive_r2"]
+
+
 def test_a_config_may_carry_its_own_regime_bounds_and_bad_ones_are_named():
   from score_jax.experiments import regime  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()

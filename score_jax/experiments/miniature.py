@@ -227,18 +227,21 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
       return "superseded"
 
   # Several workers (processes running this same command) share the jobs: a run is claimed
-  # by a lock file; a job another worker holds is passed over, and waited for at the end.
-  i, elsewhere, skipped = 0, [], set()
-  while i < len(jobs) or elsewhere:
-    wait = i >= len(jobs)
-    seed, method, lr = jobs[i] if not wait else elsewhere.pop(0)
+  # by a lock file; a job another worker holds (or whose base it is making) is passed over
+  # and retried after the pass, without blocking while any passed-over job can be taken;
+  # only a pass that ran nothing ends by blocking on the first one still held.
+  queue, elsewhere, skipped, progressed, block_next = list(jobs), [], set(), False, False
+  while queue or elsewhere:
+    if not queue:
+      queue, elsewhere = elsewhere, []
+      block_next, progressed = not progressed, False
+    wait, block_next = block_next, False
+    seed, method, lr = queue.pop(0)
     if seed in skipped:  # its base cannot be re-created on this machine.
-      i += not wait
       continue
     name = f"{method}@{lr_name(lr)}" if lr_suffix and method != "base" else method
     run_dir = os.path.join(workdir, f"seed{seed}", name)
     label = f"[{jobs.index((seed, method, lr)) + 1}/{len(jobs)}] seed {seed} {name}"
-    i += not wait
     if done(run_dir):  # a base's checkpoint is checked when a method needs it.
       print(f"{label}: done, skipped", flush=True)
       if archive:
@@ -250,11 +253,13 @@ def run_all(base: ml_collections.ConfigDict, workdir: str, seeds: Sequence[int],
       if state == "busy":
         print(f"{label}: claimed by another worker, passed over", flush=True)
         elsewhere.append((seed, method, lr))
-      elif state == "skipped":
+        continue
+      progressed = True
+      if state == "skipped":
         skipped.add(seed)
-        elsewhere = [job for job in elsewhere if job[0] != seed]
-      elif state == "superseded":
-        i = next(j for j, job in enumerate(jobs) if job[0] == seed)  # the seed starts over.
+      elif state == "superseded":  # the seed starts over, from its base.
+        queue = [job for job in jobs if job[0] == seed] + [job for job in queue
+                                                            if job[0] != seed]
         elsewhere = [job for job in elsewhere if job[0] != seed]
       elif method != "base" and not done(run_dir):
         execute(seed, method, lr, run_dir, label)

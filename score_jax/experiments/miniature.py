@@ -317,6 +317,10 @@ def main(argv) -> None:
     run_all(_CONFIG.value, _WORKDIR.value, seeds, methods, rl_steps, learning_rates=selected,
             split="test" if lrs else None, archive=archive,
             on_base_mismatch=_ON_BASE_MISMATCH.value)
+    if lrs:  # the pre-registered study: statistics only when asked, once every seed exists.
+      print("runs finished; the study's tables and statistics: rerun with --summarize_only",
+            flush=True)
+      return
   print(summary.write(_WORKDIR.value, methods), flush=True)
   if archive:
     print(summary.write(archive, methods).splitlines()[0] + f" … also written to {archive}")
